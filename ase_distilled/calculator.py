@@ -1,0 +1,163 @@
+"""DistilledCalculator: a PaiNN student as an ASE calculator."""
+
+import copy
+
+import numpy as np
+import torch
+from ase.calculators.calculator import (
+    Calculator,
+    PropertyNotImplementedError,
+    all_changes,
+)
+from ase.data import chemical_symbols
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from ase_distilled.batch import AtomsBatch
+from ase_distilled.neighbors import NeighborCache, neighbor_list
+from ase_distilled.registry import load_model
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+MIN_DISTANCE = 0.1  # Å; closer pairs mean duplicated atoms or a simulation that blew up
+
+
+class DistilledCalculator(Calculator):
+    """ASE calculator for a distilled PaiNN student.
+
+    Parameters
+    ----------
+    model : str, path or torch.nn.Module
+        A shipped name (see :func:`ase_distilled.available_models`), a checkpoint
+        file, or a student module (a copy is taken).
+    device : str or torch.device, optional
+        Defaults to CUDA when available, else CPU.
+    dtype : {"float32", "float64"}
+        Precision of the model and its inputs.
+    skin : float
+        Verlet skin in Å: the neighbour list is reused across MD steps until an
+        atom moves more than ``skin / 2``. 0 rebuilds it every call.
+    neighbor_backend : {"vesin", "torch", "torch-cluster"}
+
+    Notes
+    -----
+    Energy is in eV, forces in eV/Å, and stress (only for cells periodic in all
+    three directions) in eV/Å^3, Voigt order ``xx yy zz yz xz xy``, sign as ASE.
+
+    Examples
+    --------
+    >>> atoms.calc = DistilledCalculator("tiny")          # doctest: +SKIP
+    >>> atoms.get_forces()                                # doctest: +SKIP
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self, model, *, device=None, dtype="float32", skin=0.5,
+                 neighbor_backend="vesin", **kwargs):
+        super().__init__(**kwargs)
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}.")
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.dtype = _DTYPES[dtype]
+        module = load_model(model)
+        if module is model:
+            module = copy.deepcopy(model)
+        self.model = module.to(device=self.device, dtype=self.dtype).eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        self.metadata = getattr(self.model, "metadata", {})
+        self.neighbors = NeighborCache(self.model.cutoff, skin, neighbor_backend)
+
+    def set_atoms(self, atoms):
+        """Called by ASE when the calculator is attached: reject bad structures early."""
+        self.check_atoms(atoms)
+
+    def check_atoms(self, atoms):
+        """Raise ``ValueError`` naming the problem for structures the model cannot handle."""
+        if len(atoms) == 0:
+            raise ValueError("The Atoms object is empty; add atoms before computing.")
+        positions = atoms.positions
+        if not np.all(np.isfinite(positions)):
+            bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
+            raise ValueError(f"Atom positions contain NaN or inf (atoms {bad[:10].tolist()}); "
+                             f"fix the coordinates, e.g. check the file they were read from.")
+        missing = sorted(set(atoms.numbers.tolist()) - set(self.model.atomic_numbers))
+        if missing:
+            raise ValueError(
+                f"Element(s) {[chemical_symbols[z] for z in missing]} not supported by this "
+                f"model, which covers {self.model.elements}. Use a model trained on them."
+            )
+        if atoms.pbc.any() and abs(atoms.cell.volume) < 1e-9 and atoms.pbc.all():
+            raise ValueError("Periodic Atoms have a zero-volume cell; set atoms.cell.")
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self.check_atoms(self.atoms)
+        want_stress = "stress" in properties
+        if want_stress and not self.atoms.pbc.all():
+            raise PropertyNotImplementedError(
+                "Stress is defined only for cells periodic in all three directions "
+                f"(pbc={self.atoms.pbc.tolist()})."
+            )
+        batch = AtomsBatch.from_atoms(self.atoms, device=self.device, dtype=self.dtype)
+        builds = self.neighbors.builds
+        edge_index, shifts = self.neighbors.get(batch)
+        if self.neighbors.builds != builds:
+            _check_overlaps(batch, edge_index, shifts)
+        out = self.model.predict(batch, edge_index, shifts, compute_stress=want_stress)
+        self.results = _to_results(out, 0, slice(None), want_stress)
+
+    def predict_batch(self, atoms_list) -> list:
+        """Energies, forces (and stress where 3-D periodic) of many structures at once.
+
+        One neighbour-list pass and one forward/backward pass for the whole list.
+
+        Parameters
+        ----------
+        atoms_list : list of ase.Atoms
+
+        Returns
+        -------
+        list of dict
+            One per structure: ``energy`` (float), ``forces`` (N, 3) and, for cells
+            periodic in all three directions, ``stress`` (6,) in Voigt order.
+        """
+        for atoms in atoms_list:
+            self.check_atoms(atoms)
+        if not atoms_list:
+            return []
+        batch = AtomsBatch.from_atoms(list(atoms_list), device=self.device, dtype=self.dtype)
+        edge_index, shifts = neighbor_list(batch, self.model.cutoff, self.neighbors.backend)
+        _check_overlaps(batch, edge_index, shifts)
+        periodic = batch.pbc.all(dim=1).tolist()
+        out = self.model.predict(batch, edge_index, shifts, compute_stress=any(periodic))
+        bounds = np.concatenate([[0], np.cumsum(batch.num_atoms.tolist())])
+        return [_to_results(out, k, slice(bounds[k], bounds[k + 1]), periodic[k])
+                for k in range(len(atoms_list))]
+
+
+def _to_results(out, k, atoms_slice, with_stress) -> dict:
+    energy = float(out["energy"][k].detach())
+    results = {"energy": energy, "free_energy": energy,
+               "forces": out["forces"][atoms_slice].detach().cpu().double().numpy()}
+    if with_stress:
+        stress = out["stress"][k].detach().cpu().double().numpy()
+        results["stress"] = full_3x3_to_voigt_6_stress(stress)
+    return results
+
+
+def _check_overlaps(batch, edge_index, shifts):
+    if edge_index.shape[1] == 0:
+        return
+    i, j = edge_index
+    vectors = batch.positions[j] - batch.positions[i] + torch.einsum(
+        "ek,ekl->el", shifts, batch.cell[batch.system[i]])
+    distances = torch.linalg.vector_norm(vectors, dim=1)
+    closest = int(torch.argmin(distances))
+    if float(distances[closest]) < MIN_DISTANCE:
+        raise ValueError(
+            f"Atoms {int(i[closest])} and {int(j[closest])} overlap "
+            f"({float(distances[closest]):.3f} Å apart, below {MIN_DISTANCE} Å): remove "
+            f"duplicated atoms, or if this happened during MD, the simulation blew up "
+            f"(shorten the time step)."
+        )
