@@ -1,0 +1,31 @@
+"""Labelled data: structure sources, teacher labelling, the HDF5 dataset, splits.
+
+h5py, RDKit and tqdm are imported only inside the functions that need them.
+The torch ``Dataset`` and collate used for training live in ``ase_distilled.training``.
+"""
+
+from ase_distilled.data.dataset import (
+    SCHEMA_VERSION,
+    label,
+    load,
+    merge,
+    read_metadata,
+    save,
+    split_by_group,
+    summary,
+)
+from ase_distilled.data.structures import Sampling, Unit, units_from_inputs
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Sampling",
+    "Unit",
+    "label",
+    "load",
+    "merge",
+    "read_metadata",
+    "save",
+    "split_by_group",
+    "summary",
+    "units_from_inputs",
+]
