@@ -51,9 +51,12 @@ def resolve(model) -> Path:
 
 
 def load_model(model) -> nn.Module:
-    """A student from a shipped name, a checkpoint path, or an ``nn.Module`` (returned as is)."""
+    """A student from a shipped name, a checkpoint or TorchScript export path, or an
+    ``nn.Module`` (returned as is)."""
     if isinstance(model, nn.Module):
         return model
     from ase_distilled.checkpoint import load_checkpoint
+    from ase_distilled.export import TorchScriptStudent, is_torchscript
 
-    return load_checkpoint(resolve(model))
+    path = resolve(model)
+    return TorchScriptStudent(path) if is_torchscript(path) else load_checkpoint(path)

@@ -1,0 +1,75 @@
+"""Model cards: a student's Markdown description, generated from its checkpoint metadata.
+
+Nothing in a card is typed by hand: every number comes from the metadata the
+training and evaluation wrote, and a missing measurement reads "not measured".
+"""
+
+NOT_MEASURED = "not measured"
+
+
+def _fmt(value, spec):
+    return NOT_MEASURED if value is None else format(value, spec)
+
+
+def _force_row(label, m):
+    return (f"| {label} | {m.get('num_atoms', '')} | {_fmt(m.get('r2'), '.4f')} | "
+            f"{_fmt(m.get('rmse'), '.4f')} | {_fmt(m.get('mae'), '.4f')} | "
+            f"{_fmt(m.get('angle_deg'), '.2f')} | {_fmt(m.get('p95'), '.4f')} |")
+
+
+def render_model_card(name: str, model) -> str:
+    """Markdown model card of ``model`` (a PaiNN with ``.metadata``) shipped as ``name``."""
+    meta = getattr(model, "metadata", {}) or {}
+    teacher, data, training = (meta.get(k, {}) for k in ("teacher", "data", "training"))
+    test = meta.get("metrics", {}).get("test_by_level", {})
+    md, speed = meta.get("md", {}), meta.get("speed", {})
+    config = model.config
+    lines = [
+        f"# ase-distilled student `{name}`",
+        "",
+        f"PaiNN, {model.num_parameters():,} parameters (hidden {config.hidden}, "
+        f"{config.num_interactions} interactions, {config.num_rbf} radial functions, "
+        f"cutoff {config.cutoff} Å). Conservative: forces = -dE/dr.",
+        "",
+        "## Teacher",
+        f"{teacher.get('name', NOT_MEASURED)} via {teacher.get('package', '?')} "
+        f"{teacher.get('version', '')} (weights: {teacher.get('weights') or 'none needed'}).",
+        "",
+        "## Data",
+        f"- {data.get('structures', NOT_MEASURED)} labelled structures "
+        f"({data.get('sizes', {})}), file sha256 `{str(data.get('sha256', ''))[:16]}…`",
+        f"- elements: {' '.join(config.elements)}",
+        f"- split: {data.get('split', NOT_MEASURED)}",
+        f"- {meta.get('data_description', '')}",
+        "",
+        "## Held-out accuracy against the teacher",
+        meta.get("test_description", ""),
+        "",
+        "| structures | atoms | force R² | RMSE (eV/Å) | MAE (eV/Å) | mean angle (°) | "
+        "P95 error (eV/Å) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [_force_row(level, m) for level, m in test.items()] or [
+        f"| {NOT_MEASURED} | | | | | | |"]
+    energy = meta.get("metrics", {}).get("test_energy_mae_per_atom")
+    lines += ["", f"Energy MAE per atom (pooled test): {_fmt(energy, '.4f')} eV/atom.", ""]
+    lines += ["## MD stability", md.get("summary", NOT_MEASURED), ""]
+    lines += ["## Speed", speed.get("summary", NOT_MEASURED), ""]
+    lines += [
+        "## Training",
+        f"{training.get('epochs_completed', NOT_MEASURED)} epochs "
+        f"(best {training.get('best_epoch')}, stop: {training.get('stop_reason')}), "
+        f"batch {training.get('batch_size')}, "
+        f"lr {training.get('lr')}, loss weights energy {training.get('energy_weight')} / "
+        f"forces {training.get('forces_weight')}, EMA {training.get('ema_decay')}, "
+        f"seed {training.get('seed')}. Recipe: `train/` in the source repository.",
+        "",
+        "## Limits",
+        "- Isolated, neutral, closed-shell molecules only (the teacher saw no charges, radicals, "
+        "surfaces or bulk); elements " + ", ".join(config.elements) + " only: others are "
+        "rejected with an error.",
+        "- Drug-like organic chemistry (MOSES: 250-350 Da); far from it, expect larger errors.",
+        "- It reproduces its teacher, not experiment: the teacher's own errors are inherited.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,240 @@
+"""The recipe that produces the shipped students, one command per stage or per student.
+
+    python train/recipe.py molecules           # scaffold split of train/data/moses_5k.smi
+    python train/recipe.py label [--shard i/n] # teacher labels (resumable)
+    python train/recipe.py student --size tiny # train, evaluate, ship (resumable)
+
+Every stage skips what is already done, so rerunning a command after a crash
+resumes it. ``--teacher orb-v3-conservative-inf-omat --weights PATH`` distils
+from Orb instead of GFN2-xTB with the same stages (see train/README.md).
+Work files go to ``train/work/`` (not committed: the recipe regenerates them).
+"""
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+HERE = Path(__file__).parent
+SOURCE = HERE / "data" / "moses_5k.smi"
+
+# Scaffold split: a scaffold's hash decides its part, so a molecule's part never
+# depends on which other molecules were chosen. 1 in 20 scaffolds is test.
+TEST_BUCKETS, BUCKETS = 1, 20
+NUM_TRAIN, NUM_TEST = 1200, 100
+# Training structures per molecule: 2 MMFF conformers, 3 rattles each, and
+# teacher-driven Langevin snapshots at 500 K (what MD visits). Test structures:
+# the conformers "at rest" and lightly displaced ones, judged per level.
+TRAIN_SAMPLING = dict(conformers=2, rattle=(0.02, 0.05, 0.1), rattles=1,
+                      md_temperatures=(500.0,), md_frames=3, md_interval=5, seed=0)
+TEST_SAMPLING = dict(conformers=2, rattle=(0.02, 0.05), rattles=1, seed=1)
+
+
+def scaffold_bucket(scaffold: str) -> int:
+    return int(hashlib.sha256(scaffold.encode()).hexdigest(), 16) % BUCKETS
+
+
+def select_molecules(work: Path) -> dict:
+    """Write ``train.smi`` and ``test.smi``: molecules whose scaffolds never meet."""
+    from rdkit import Chem, RDLogger
+    from rdkit.Chem.Scaffolds import MurckoScaffold
+
+    RDLogger.DisableLog("rdApp.*")
+    parts = {"train": [], "test": []}
+    for line in SOURCE.read_text().split():
+        mol = Chem.MolFromSmiles(line)
+        if mol is None:
+            continue
+        part = "test" if scaffold_bucket(MurckoScaffold.MurckoScaffoldSmiles(mol=mol)) \
+            < TEST_BUCKETS else "train"
+        parts[part].append(line)
+    chosen = {"train": parts["train"][:NUM_TRAIN], "test": parts["test"][:NUM_TEST]}
+    work.mkdir(parents=True, exist_ok=True)
+    for part, smiles in chosen.items():
+        (work / f"{part}.smi").write_text("\n".join(smiles) + "\n")
+    return {part: len(smiles) for part, smiles in chosen.items()}
+
+
+def label_molecules(work: Path, teacher: str, weights=None, shard=None):
+    """Label train then test molecules; shards write ``<part>.<i>of<n>.h5`` to merge."""
+    from ase_distilled.data import label
+    from ase_distilled.data.structures import Sampling
+
+    if not (work / "train.smi").is_file():
+        select_molecules(work)
+    for part, sampling in (("test", TEST_SAMPLING), ("train", TRAIN_SAMPLING)):
+        suffix = f".{shard.replace('/', 'of')}" if shard else ""
+        label([work / f"{part}.smi"], teacher, work / f"{part}{suffix}.h5",
+              sampling=Sampling(**sampling), shard=shard, weights=weights)
+
+
+def merge_shards(work: Path):
+    """Merge the label shards into ``test.h5`` and ``train.h5``.
+
+    Chunks still in a shard's journal (a run stopped early) are merged too; the
+    result is then marked incomplete, and rerunning ``label`` then ``merge`` completes it.
+    """
+    from ase_distilled.data import merge
+
+    for part in ("test", "train"):
+        shards = sorted(work.glob(f"{part}.*of*.h5")) + sorted(
+            work.glob(f"{part}.*of*.h5.journal/chunk-*.h5"))
+        if shards:
+            print(part, merge(shards, work / f"{part}.h5"))
+
+
+def train_student(work: Path, size: str, max_time=None, epochs=None):
+    """Train on ``train.h5`` (validation: 10 % of its scaffolds), resuming if interrupted."""
+    from ase_distilled.training import TrainConfig
+    from ase_distilled.training.workflow import train_from_file
+
+    config = TrainConfig.from_toml(HERE / "configs" / f"{size}.toml", max_time=max_time,
+                                   epochs=epochs, split_key="scaffold",
+                                   split_fractions=[0.9, 0.1, 0.0])
+    out = work / f"{size}.pt"
+    return train_from_file(work / "train.h5", out, config,
+                           resume=Path(f"{out}".replace(".pt", ".state.pt")).is_file())[0]
+
+
+def evaluate_student(work: Path, model, md_ps: float, nve_ps: float, teacher: str, weights):
+    """Held-out force metrics per distortion level, MD stability and drift, speed vs teacher."""
+    import time
+
+    import numpy as np
+
+    from ase_distilled import DistilledCalculator
+    from ase_distilled.analysis import compare_forces, run_md
+    from ase_distilled.data import load
+    from ase_distilled.teachers import get_teacher
+
+    test = load(work / "test.h5")
+    calc = DistilledCalculator(model, device="cpu")
+    levels = {"all": test}
+    for atoms in test:
+        levels.setdefault(atoms.info["source"], []).append(atoms)
+    reports = {level: compare_forces(calc, structures) for level, structures in levels.items()}
+    by_level = {level: report.metrics["forces"] for level, report in reports.items()}
+
+    rest = [a for a in test if a.info["source"] == "conformer" and a.info["id"].endswith("/c00")]
+    md_molecules = rest[:10]
+    nvt = [run_md(a, calc, ensemble="nvt", temperature_K=300, timestep_fs=0.5,
+                  steps=int(md_ps * 2000), interval=100, seed=k, progress=False).metrics()
+           for k, a in enumerate(md_molecules)]
+    nve = [run_md(a, calc, ensemble="nve", temperature_K=300, timestep_fs=0.5,
+                  steps=int(nve_ps * 2000), interval=20, seed=k, progress=False).metrics()
+           for k, a in enumerate(md_molecules[:3])]
+    stable = sum(m["stable"] for m in nvt)
+    drifts = [abs(m["energy_drift_meV_atom_ps"]) for m in nve]
+    md_summary = (
+        f"NVT 300 K, 0.5 fs, {md_ps:g} ps on {len(nvt)} held-out molecules "
+        f"({min(m['num_atoms'] for m in nvt)}-{max(m['num_atoms'] for m in nvt)} atoms): "
+        f"{stable}/{len(nvt)} stable (no bond ever > 0.5 Å from its initial length; largest "
+        f"deviation {max(m['max_bond_deviation_A'] for m in nvt):.2f} Å). NVE from 300 K, "
+        f"{nve_ps:g} ps on {len(nve)} molecules: |energy drift| mean "
+        f"{np.mean(drifts):.3f}, max {np.max(drifts):.3f} meV/atom/ps.")
+
+    # Speed: student and teacher force calls on the same molecules, interleaved.
+    reference = get_teacher(teacher, weights=weights)
+    times = {"student": [], "teacher": []}
+    for atoms in rest[:5]:
+        for who, c in (("student", calc), ("teacher", reference)):
+            probe = atoms.copy()
+            probe.calc = c
+            for _ in range(6):
+                probe.positions[0, 0] += 1e-3
+                start = time.perf_counter()
+                probe.get_forces()
+                times[who].append(time.perf_counter() - start)
+    student_ms, teacher_ms = (1e3 * float(np.median(t)) for t in times.values())
+    speed_summary = (
+        f"Median force call on {len(rest[:5])} held-out molecules, CPU, torch threads "
+        f"{__import__('torch').get_num_threads()}, measured side by side in one run: "
+        f"student {student_ms:.2f} ms, teacher ({teacher}) {teacher_ms:.1f} ms: "
+        f"{teacher_ms / student_ms:.1f}x faster. MD: "
+        f"{np.median([m['steps_per_second'] for m in nvt]):.0f} steps/s.")
+    return {"metrics": {"test_by_level": by_level,
+                        "test_energy_mae_per_atom": reports["all"].metrics[
+                            "energy_mae_per_atom"]},
+            "md": {"nvt": nvt, "nve": nve, "summary": md_summary},
+            "speed": {"student_ms": student_ms, "teacher_ms": teacher_ms,
+                      "summary": speed_summary}}
+
+
+def ship_student(model, size: str):
+    """Copy the student into the package with its model card and index entry."""
+    import hashlib as _hashlib
+
+    from ase_distilled.checkpoint import save_checkpoint
+    from ase_distilled.model_card import render_model_card
+    from ase_distilled.registry import WEIGHTS_DIR
+
+    path = save_checkpoint(model, WEIGHTS_DIR / f"{size}.pt")
+    (WEIGHTS_DIR / f"{size}.md").write_text(render_model_card(size, model))
+    index_path = WEIGHTS_DIR / "models.json"
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    pooled = model.metadata["metrics"]["test_by_level"]["all"]
+    index[size] = {
+        "file": path.name,
+        "sha256": _hashlib.sha256(path.read_bytes()).hexdigest(),
+        "summary": (f"PaiNN {model.num_parameters() / 1e3:.0f}K from "
+                    f"{model.metadata['teacher'].get('name')}; held-out force R² "
+                    f"{pooled['r2']:.3f}, angle {pooled['angle_deg']:.1f}°"),
+    }
+    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def build_student(work: Path, size: str, teacher, weights, max_time, epochs, md_ps, nve_ps,
+                  ship: bool):
+    model = train_student(work, size, max_time, epochs)
+    model.metadata.update(evaluate_student(work, model, md_ps, nve_ps, teacher, weights))
+    model.metadata["data_description"] = (
+        f"{NUM_TRAIN} MOSES molecules (train/data/moses_5k.smi); per molecule "
+        f"{TRAIN_SAMPLING['conformers']} RDKit conformers, rattles of "
+        f"{TRAIN_SAMPLING['rattle']} Å and teacher Langevin MD snapshots at "
+        f"{TRAIN_SAMPLING['md_temperatures']} K.")
+    model.metadata["test_description"] = (
+        f"{NUM_TEST} molecules whose Bemis-Murcko scaffolds are in no training molecule: "
+        f"'conformer' = RDKit/MMFF conformers at rest, 'rattle:A' = the same displaced by "
+        f"Gaussian noise of A Å per component; 'all' pools them.")
+    from ase_distilled.checkpoint import save_checkpoint
+
+    save_checkpoint(model, work / f"{size}.evaluated.pt")
+    if ship:
+        ship_student(model, size)
+    print(model.metadata["md"]["summary"])
+    print(model.metadata["speed"]["summary"])
+    print(json.dumps(model.metadata["metrics"], indent=1))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=["molecules", "label", "merge", "student"])
+    parser.add_argument("--size", choices=["small", "tiny", "ultra-tiny"])
+    parser.add_argument("--teacher", default="gfn2-xtb")
+    parser.add_argument("--weights", help="Orb teacher: local checkpoint path or 'random'")
+    parser.add_argument("--shard", help="label only shard i/n (run n of these, then merge)")
+    parser.add_argument("--work", type=Path, default=HERE / "work")
+    parser.add_argument("--max-time", type=float, help="training budget in minutes")
+    parser.add_argument("--epochs", type=int, help="override the config's epochs")
+    parser.add_argument("--md-ps", type=float, default=10.0, help="NVT ps per test molecule")
+    parser.add_argument("--nve-ps", type=float, default=2.0, help="NVE ps per test molecule")
+    parser.add_argument("--no-ship", action="store_true",
+                        help="evaluate only; do not copy into ase_distilled/weights")
+    args = parser.parse_args(argv)
+    if args.stage == "molecules":
+        print(select_molecules(args.work))
+    elif args.stage == "label":
+        label_molecules(args.work, args.teacher, args.weights, args.shard)
+    elif args.stage == "merge":
+        merge_shards(args.work)
+    elif args.stage == "student":
+        if not args.size:
+            parser.error("the student stage needs --size")
+        build_student(args.work, args.size, args.teacher, args.weights, args.max_time,
+                      args.epochs, args.md_ps, args.nve_ps, ship=not args.no_ship)
+
+
+if __name__ == "__main__":
+    main()
