@@ -1,6 +1,7 @@
 """DistilledCalculator: a PaiNN student as an ASE calculator."""
 
 import copy
+import dataclasses
 
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ from ase.data import chemical_symbols
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from ase_distilled.batch import AtomsBatch
-from ase_distilled.neighbors import NeighborCache, neighbor_list
+from ase_distilled.neighbors import NeighborCache, edge_lengths, neighbor_list
 from ase_distilled.registry import load_model
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -67,6 +68,7 @@ class DistilledCalculator(Calculator):
             parameter.requires_grad_(False)
         self.metadata = getattr(self.model, "metadata", {})
         self.neighbors = NeighborCache(self.model.cutoff, skin, neighbor_backend)
+        self._batch = None
 
     def set_atoms(self, atoms):
         """Called by ASE when the calculator is attached: reject bad structures early."""
@@ -99,7 +101,15 @@ class DistilledCalculator(Calculator):
                 "Stress is defined only for cells periodic in all three directions "
                 f"(pbc={self.atoms.pbc.tolist()})."
             )
-        batch = AtomsBatch.from_atoms(self.atoms, device=self.device, dtype=self.dtype)
+        if self._batch is not None and set(system_changes) <= {"positions"}:
+            # An MD step moves atoms only: keep numbers, cell, pbc and the system index
+            # (on the device) and replace the positions.
+            positions = torch.as_tensor(self.atoms.positions, dtype=self.dtype,
+                                        device=self.device)
+            batch = dataclasses.replace(self._batch, positions=positions)
+        else:
+            batch = AtomsBatch.from_atoms(self.atoms, device=self.device, dtype=self.dtype)
+        self._batch = batch
         builds = self.neighbors.builds
         edge_index, shifts = self.neighbors.get(batch)
         if self.neighbors.builds != builds:
@@ -150,9 +160,7 @@ def _check_overlaps(batch, edge_index, shifts):
     if edge_index.shape[1] == 0:
         return
     i, j = edge_index
-    vectors = batch.positions[j] - batch.positions[i] + torch.einsum(
-        "ek,ekl->el", shifts, batch.cell[batch.system[i]])
-    distances = torch.linalg.vector_norm(vectors, dim=1)
+    distances = edge_lengths(batch, edge_index, shifts)
     closest = int(torch.argmin(distances))
     if float(distances[closest]) < MIN_DISTANCE:
         raise ValueError(

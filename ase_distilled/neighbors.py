@@ -53,6 +53,14 @@ def neighbor_list(batch: AtomsBatch, cutoff: float, backend: str = "vesin"):
     return edge_index, shift.to(batch.positions.dtype)
 
 
+def edge_lengths(batch: AtomsBatch, edge_index, shifts) -> torch.Tensor:
+    """(E,) lengths in Å of the edge vectors ``r_j - r_i + shifts @ cell``."""
+    i, j = edge_index
+    vectors = batch.positions[j] - batch.positions[i] + torch.einsum(
+        "ek,ekl->el", shifts, batch.cell[batch.system[i]])
+    return torch.linalg.vector_norm(vectors, dim=1)
+
+
 def _vesin(positions, cell, pbc, cutoff):
     import vesin
 
@@ -124,8 +132,9 @@ class NeighborCache:
 
     The list is built with ``cutoff + skin`` and reused until some atom has moved
     more than ``skin / 2`` since the last build, or the cell, pbc or atomic
-    numbers change. Pairs beyond ``cutoff`` are harmless: the model's envelope
-    is exactly zero there.
+    numbers change. :meth:`get` then drops the pairs now beyond ``cutoff``: they
+    contribute exactly zero (the model's envelope vanishes there) but cost
+    ~30% more edge work in a dense liquid.
 
     Parameters
     ----------
@@ -146,12 +155,16 @@ class NeighborCache:
         self._edges = None
 
     def get(self, batch: AtomsBatch):
-        """``(edge_index, shifts)`` for ``batch``, rebuilt only when needed."""
+        """``(edge_index, shifts)`` within ``cutoff`` for ``batch``, rebuilt only when needed."""
         if self._needs_rebuild(batch):
             self._edges = neighbor_list(batch, self.cutoff + self.skin, self.backend)
             self._reference = batch
             self.builds += 1
-        return self._edges
+        edge_index, shifts = self._edges
+        if self.skin == 0:
+            return edge_index, shifts
+        keep = edge_lengths(batch, edge_index, shifts) < self.cutoff
+        return edge_index[:, keep], shifts[keep]
 
     def _needs_rebuild(self, batch: AtomsBatch) -> bool:
         ref = self._reference

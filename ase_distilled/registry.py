@@ -15,6 +15,15 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 _INDEX = WEIGHTS_DIR / "models.json"
 
 
+def file_sha256(path) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _index() -> dict:
     return json.loads(_INDEX.read_text()) if _INDEX.is_file() else {}
 
@@ -43,7 +52,7 @@ def resolve(model) -> Path:
         raise FileNotFoundError(f"Checkpoint file {str(model)!r} does not exist.")
     entry = model_info(str(model))
     path = WEIGHTS_DIR / entry["file"]
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = file_sha256(path)
     if digest != entry["sha256"]:
         raise ValueError(f"Shipped weights {path} are corrupt (sha256 {digest[:12]}... "
                          f"!= {entry['sha256'][:12]}...). Reinstall ase-distilled.")

@@ -162,11 +162,9 @@ def evaluate_student(work: Path, model, md_ps: float, nve_ps: float, teacher: st
 
 def ship_student(model, size: str):
     """Copy the student into the package with its model card and index entry."""
-    import hashlib as _hashlib
-
     from ase_distilled.checkpoint import save_checkpoint
     from ase_distilled.model_card import render_model_card
-    from ase_distilled.registry import WEIGHTS_DIR
+    from ase_distilled.registry import WEIGHTS_DIR, file_sha256
 
     path = save_checkpoint(model, WEIGHTS_DIR / f"{size}.pt")
     (WEIGHTS_DIR / f"{size}.md").write_text(render_model_card(size, model))
@@ -175,7 +173,7 @@ def ship_student(model, size: str):
     pooled = model.metadata["metrics"]["test_by_level"]["all"]
     index[size] = {
         "file": path.name,
-        "sha256": _hashlib.sha256(path.read_bytes()).hexdigest(),
+        "sha256": file_sha256(path),
         "summary": (f"PaiNN {model.num_parameters() / 1e3:.0f}K from "
                     f"{model.metadata['teacher'].get('name')}; held-out force R² "
                     f"{pooled['r2']:.3f}, angle {pooled['angle_deg']:.1f}°"),

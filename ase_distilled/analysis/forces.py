@@ -23,24 +23,10 @@ import numpy as np
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import chemical_symbols
 
-from ase_distilled.training.metrics import mae, r2, rmse
+from ase_distilled.training.metrics import force_angles, mae, mean_angle, r2, rmse
 
 MAX_BATCH_ATOMS = 4096  # atoms per predict_batch call: bounds memory of the backward pass
 _HDF5_SUFFIXES = (".h5", ".hdf5")
-
-
-def force_angles(predicted, reference) -> np.ndarray:
-    """Angle in degrees between each pair of force vectors; NaN where either is zero.
-
-    ``atan2(|a x b|, a . b)`` stays accurate for small angles, where ``arccos`` does not.
-    """
-    predicted, reference = np.asarray(predicted, float), np.asarray(reference, float)
-    cross = np.linalg.norm(np.cross(predicted, reference), axis=1)
-    dot = np.einsum("ij,ij->i", predicted, reference)
-    angles = np.degrees(np.arctan2(cross, dot))
-    zero = (np.linalg.norm(predicted, axis=1) == 0) | (np.linalg.norm(reference, axis=1) == 0)
-    angles[zero] = np.nan
-    return angles
 
 
 def force_metrics(predicted, reference) -> dict:
@@ -60,13 +46,12 @@ def force_metrics(predicted, reference) -> dict:
     if len(predicted) == 0:
         raise ValueError("No atoms to compare.")
     norms = np.linalg.norm(predicted - reference, axis=1)
-    angles = force_angles(predicted, reference)
     return {
         "num_atoms": len(predicted),
         "r2": r2(predicted, reference),
         "rmse": rmse(predicted, reference),
         "mae": mae(predicted, reference),
-        "angle_deg": float(np.nanmean(angles)) if np.isfinite(angles).any() else math.nan,
+        "angle_deg": mean_angle(predicted, reference),
         "max": float(norms.max()),
         "p90": float(np.percentile(norms, 90)),
         "p95": float(np.percentile(norms, 95)),

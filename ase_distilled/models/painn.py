@@ -81,10 +81,19 @@ class _Message(nn.Module):
         self.hidden = hidden
         self.phi = _Dense(hidden, hidden, 3 * hidden)
 
-    def forward(self, s, v, filters, unit_vectors, src, dst):
-        x = self.phi(s)[src] * filters
-        ds, dvv, dvs = torch.split(x, self.hidden, dim=-1)
-        dv = v[src] * dvv.unsqueeze(1) + dvs.unsqueeze(1) * unit_vectors.unsqueeze(-1)
+    def forward(self, s, v, radial, filter_weight, unit_vectors, src, dst, first: bool):
+        # Each (E, F) filter is made from the (E, num_rbf + 1) radial input where it is
+        # used, and atom features are split before being gathered onto edges: no (E, 3F)
+        # tensor is split or concatenated (forward or backward), and edge-sized
+        # intermediates stay small enough to remain in cache (benchmarks/README.md).
+        phi_s, phi_vv, phi_vs = torch.split(self.phi(s), self.hidden, dim=-1)
+        w_s, w_vv, w_vs = torch.split(filter_weight, self.hidden, dim=0)
+        ds = phi_s.index_select(0, src) * nn.functional.linear(radial, w_s)
+        dvs = phi_vs.index_select(0, src) * nn.functional.linear(radial, w_vs)
+        dv = dvs.unsqueeze(1) * unit_vectors.unsqueeze(-1)
+        if not first:  # before the first block v is zero: skipping its term is exact
+            dvv = phi_vv.index_select(0, src) * nn.functional.linear(radial, w_vv)
+            dv = dv + v.index_select(0, src) * dvv.unsqueeze(1)
         s = s.index_add(0, dst, ds)
         v = v.index_add(0, dst, dv)
         return s, v
@@ -115,6 +124,9 @@ class PaiNN(nn.Module):
     config : PaiNNConfig
         Architecture and element set.
     """
+
+    # TorchScript compiles properties; these read the Python-only config (see export.py).
+    __jit_unused_properties__ = ["elements", "atomic_numbers"]
 
     def __init__(self, config: PaiNNConfig):
         super().__init__()
@@ -165,13 +177,16 @@ class PaiNN(nn.Module):
         distances = torch.linalg.vector_norm(edge_vectors, dim=-1)
         unit_vectors = edge_vectors / distances.unsqueeze(-1)
         envelope = cosine_cutoff(distances, self.cutoff).unsqueeze(-1)
-        filters = self.filters(self.rbf(distances)) * envelope
-        filters = torch.split(filters, 3 * self.hidden, dim=-1)
+        # The envelope multiplies the (E, num_rbf + 1) input of the filter layer,
+        # (rbf * env) W^T + env b, not its (E, 3 F num_interactions) output.
+        radial = torch.cat([self.rbf(distances) * envelope, envelope], dim=-1)
+        weight = torch.cat([self.filters.weight, self.filters.bias.unsqueeze(-1)], dim=1)
+        filter_weights = torch.split(weight, 3 * self.hidden, dim=0)
 
         s = self.embedding(species)
         v = s.new_zeros((s.shape[0], 3, self.hidden))
         for k, (message, update) in enumerate(zip(self.messages, self.updates)):
-            s, v = message(s, v, filters[k], unit_vectors, src, dst)
+            s, v = message(s, v, radial, filter_weights[k], unit_vectors, src, dst, k == 0)
             s, v = update(s, v)
         y = self.readout(s).squeeze(-1)
         return self.scale * y + self.shift + self.atom_ref[species]

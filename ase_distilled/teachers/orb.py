@@ -11,7 +11,6 @@ labelling never changes the caller's torch state.
 """
 
 import contextlib
-import hashlib
 import inspect
 import tempfile
 import warnings
@@ -22,6 +21,7 @@ from unittest import mock
 import torch
 from ase.calculators.calculator import all_changes
 
+from ase_distilled.registry import file_sha256
 from ase_distilled.teachers.ase_calc import ChargeSpinFromInfo, charge_and_spin
 
 try:
@@ -110,14 +110,6 @@ class OrbTeacher(ChargeSpinFromInfo, ORBCalculator):
         return labels
 
 
-def _sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @contextlib.contextmanager
 def _random_weights(seed):
     """Patch Orb's weight loading to use the architecture's own seeded initial weights.
@@ -174,7 +166,7 @@ def load_orb(name, weights=None, device=None, *, precision="float32-high", compi
         if not Path(weights).is_file():
             raise FileNotFoundError(f"Orb weights file {str(weights)!r} does not exist; pass "
                                     "weights=PATH to a checkpoint, or weights='random'.")
-        described = f"{Path(weights).name} sha256:{_sha256(weights)[:16]}"
+        described = f"{Path(weights).name} sha256:{file_sha256(weights)[:16]}"
         options["weights_path"] = str(weights)
         context = contextlib.nullcontext()
     with _torch_precision(), context, warnings.catch_warnings():

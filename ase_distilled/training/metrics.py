@@ -24,18 +24,27 @@ def r2(predicted, reference) -> float:
     return float(1.0 - np.sum((predicted - reference) ** 2) / total) if total > 0 else float("nan")
 
 
+def force_angles(predicted, reference) -> np.ndarray:
+    """Angle in degrees between each pair of per-atom vectors; NaN where either is zero.
+
+    ``atan2(|a x b|, a . b)`` stays accurate for small angles, where ``arccos`` does not.
+    """
+    predicted, reference = np.asarray(predicted, float), np.asarray(reference, float)
+    cross = np.linalg.norm(np.cross(predicted, reference), axis=1)
+    dot = np.einsum("ij,ij->i", predicted, reference)
+    angles = np.degrees(np.arctan2(cross, dot))
+    zero = (np.linalg.norm(predicted, axis=1) == 0) | (np.linalg.norm(reference, axis=1) == 0)
+    angles[zero] = np.nan
+    return angles
+
+
 def mean_angle(predicted, reference) -> float:
     """Mean angle in degrees between predicted and reference per-atom vectors.
 
     Atoms where either vector is zero have no direction and are left out.
     """
-    predicted, reference = np.asarray(predicted), np.asarray(reference)
-    norms = np.linalg.norm(predicted, axis=1) * np.linalg.norm(reference, axis=1)
-    defined = norms > 0
-    if not defined.any():
-        return float("nan")
-    cosine = np.sum(predicted * reference, axis=1)[defined] / norms[defined]
-    return float(np.degrees(np.mean(np.arccos(np.clip(cosine, -1.0, 1.0)))))
+    angles = force_angles(predicted, reference)
+    return float(np.nanmean(angles)) if np.isfinite(angles).any() else float("nan")
 
 
 def energy_force_metrics(energy, energy_ref, num_atoms, forces, forces_ref) -> dict:

@@ -1,20 +1,11 @@
 """From a labelled HDF5 dataset to a shipped-quality student checkpoint."""
 
-import hashlib
 from pathlib import Path
 
 from ase_distilled.checkpoint import save_checkpoint
+from ase_distilled.registry import file_sha256
 from ase_distilled.training.config import TrainConfig
 from ase_distilled.training.trainer import evaluate, rank_and_world, train
-
-
-def file_sha256(path) -> str:
-    """SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def train_from_file(data, out, config: TrainConfig | None = None, resume: bool = False):
