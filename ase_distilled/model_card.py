@@ -36,8 +36,9 @@ def render_model_card(name: str, model) -> str:
         f"{teacher.get('version', '')} (weights: {teacher.get('weights') or 'none needed'}).",
         "",
         "## Data",
-        f"- {data.get('structures', NOT_MEASURED)} labelled structures "
-        f"({data.get('sizes', {})}), file sha256 `{str(data.get('sha256', ''))[:16]}…`",
+        f"- {data.get('structures', NOT_MEASURED)} labelled structures: "
+        + ", ".join(f"{n} {part}" for part, n in data.get("sizes", {}).items() if n)
+        + f"; file sha256 `{str(data.get('sha256', ''))[:16]}…`",
         f"- elements: {' '.join(config.elements)}",
         f"- split: {data.get('split', NOT_MEASURED)}",
         f"- {meta.get('data_description', '')}",
@@ -55,6 +56,15 @@ def render_model_card(name: str, model) -> str:
     lines += ["", f"Energy MAE per atom (pooled test): {_fmt(energy, '.4f')} eV/atom.", ""]
     lines += ["## MD stability", md.get("summary", NOT_MEASURED), ""]
     lines += ["## Speed", speed.get("summary", NOT_MEASURED), ""]
+    exports = meta.get("export", {})
+    lines += ["## Exports (`ase-distilled export`)",
+              "Largest relative difference from the eager float32 model on reference "
+              "molecules and a periodic cell (INT8 is approximate by design):", "",
+              "| file | energy | forces | stress |", "|---|---|---|---|"]
+    lines += [f"| {file} | {_fmt(p.get('energy_rel'), '.1e')} | {_fmt(p.get('forces_rel'), '.1e')}"
+              f" | {_fmt(p.get('stress_rel'), '.1e')} |" for file, p in exports.items()] or [
+        f"| {NOT_MEASURED} | | | |"]
+    lines.append("")
     lines += [
         "## Training",
         f"{training.get('epochs_completed', NOT_MEASURED)} epochs "

@@ -34,7 +34,7 @@ def scaffold_bucket(scaffold: str) -> int:
     return int(hashlib.sha256(scaffold.encode()).hexdigest(), 16) % BUCKETS
 
 
-def select_molecules(work: Path) -> dict:
+def select_molecules(work: Path, num_train: int = NUM_TRAIN, num_test: int = NUM_TEST) -> dict:
     """Write ``train.smi`` and ``test.smi``: molecules whose scaffolds never meet."""
     from rdkit import Chem, RDLogger
     from rdkit.Chem.Scaffolds import MurckoScaffold
@@ -48,7 +48,7 @@ def select_molecules(work: Path) -> dict:
         part = "test" if scaffold_bucket(MurckoScaffold.MurckoScaffoldSmiles(mol=mol)) \
             < TEST_BUCKETS else "train"
         parts[part].append(line)
-    chosen = {"train": parts["train"][:NUM_TRAIN], "test": parts["test"][:NUM_TEST]}
+    chosen = {"train": parts["train"][:num_train], "test": parts["test"][:num_test]}
     work.mkdir(parents=True, exist_ok=True)
     for part, smiles in chosen.items():
         (work / f"{part}.smi").write_text("\n".join(smiles) + "\n")
@@ -160,46 +160,62 @@ def evaluate_student(work: Path, model, md_ps: float, nve_ps: float, teacher: st
                       "summary": speed_summary}}
 
 
-def ship_student(model, size: str):
-    """Copy the student into the package with its model card and index entry."""
+def ship_student(model, size: str, work: Path):
+    """Copy the student into the package with its model card and index entry.
+
+    The shipped student is also exported (TorchScript, ONNX, INT8 where it pays) to
+    ``work/exports``, and the exports' parity with the eager model goes into its card.
+    """
     from ase_distilled.checkpoint import save_checkpoint
+    from ase_distilled.export import export_all
     from ase_distilled.model_card import render_model_card
     from ase_distilled.registry import WEIGHTS_DIR, file_sha256
 
-    path = save_checkpoint(model, WEIGHTS_DIR / f"{size}.pt")
-    (WEIGHTS_DIR / f"{size}.md").write_text(render_model_card(size, model))
-    index_path = WEIGHTS_DIR / "models.json"
-    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
-    pooled = model.metadata["metrics"]["test_by_level"]["all"]
-    index[size] = {
-        "file": path.name,
-        "sha256": file_sha256(path),
-        "summary": (f"PaiNN {model.num_parameters() / 1e3:.0f}K from "
-                    f"{model.metadata['teacher'].get('name')}; held-out force R² "
-                    f"{pooled['r2']:.3f}, angle {pooled['angle_deg']:.1f}°"),
-    }
-    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    return path
+    def write():
+        path = save_checkpoint(model, WEIGHTS_DIR / f"{size}.pt")
+        (WEIGHTS_DIR / f"{size}.md").write_text(render_model_card(size, model))
+        index_path = WEIGHTS_DIR / "models.json"
+        index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+        pooled = model.metadata["metrics"]["test_by_level"]["all"]
+        index[size] = {
+            "file": path.name,
+            "sha256": file_sha256(path),
+            "summary": (f"PaiNN {model.num_parameters() / 1e3:.0f}K from "
+                        f"{model.metadata['teacher'].get('name')}; held-out force R² "
+                        f"{pooled['r2']:.3f}, angle {pooled['angle_deg']:.1f}°"),
+        }
+        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+    write()
+    model.metadata["export"] = export_all(work / "exports", names=[size])[size]
+    write()
+
+
+def describe_data(work: Path, model):
+    """Put the plain-words descriptions of training and test data into the metadata."""
+    model.metadata["data_description"] = (
+        f"{model.metadata['data']['molecules']} MOSES molecules "
+        f"(train/data/moses_5k.smi, scaffold split, see train/recipe.py); per molecule "
+        f"{TRAIN_SAMPLING['conformers']} RDKit conformers, rattles of "
+        f"{TRAIN_SAMPLING['rattle']} Å and teacher Langevin MD snapshots at "
+        f"{TRAIN_SAMPLING['md_temperatures']} K.")
+    model.metadata["test_description"] = (
+        f"{len((work / 'test.smi').read_text().split())} molecules whose Bemis-Murcko "
+        f"scaffolds are in no training molecule: "
+        f"'conformer' = RDKit/MMFF conformers at rest, 'rattle:A' = the same displaced by "
+        f"Gaussian noise of A Å per component; 'all' pools them.")
 
 
 def build_student(work: Path, size: str, teacher, weights, max_time, epochs, md_ps, nve_ps,
                   ship: bool):
     model = train_student(work, size, max_time, epochs)
     model.metadata.update(evaluate_student(work, model, md_ps, nve_ps, teacher, weights))
-    model.metadata["data_description"] = (
-        f"{NUM_TRAIN} MOSES molecules (train/data/moses_5k.smi); per molecule "
-        f"{TRAIN_SAMPLING['conformers']} RDKit conformers, rattles of "
-        f"{TRAIN_SAMPLING['rattle']} Å and teacher Langevin MD snapshots at "
-        f"{TRAIN_SAMPLING['md_temperatures']} K.")
-    model.metadata["test_description"] = (
-        f"{NUM_TEST} molecules whose Bemis-Murcko scaffolds are in no training molecule: "
-        f"'conformer' = RDKit/MMFF conformers at rest, 'rattle:A' = the same displaced by "
-        f"Gaussian noise of A Å per component; 'all' pools them.")
+    describe_data(work, model)
     from ase_distilled.checkpoint import save_checkpoint
 
     save_checkpoint(model, work / f"{size}.evaluated.pt")
     if ship:
-        ship_student(model, size)
+        ship_student(model, size, work)
     print(model.metadata["md"]["summary"])
     print(model.metadata["speed"]["summary"])
     print(json.dumps(model.metadata["metrics"], indent=1))
@@ -208,12 +224,14 @@ def build_student(work: Path, size: str, teacher, weights, max_time, epochs, md_
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["molecules", "label", "merge", "student"])
+    parser.add_argument("stage", choices=["molecules", "label", "merge", "student", "ship"])
     parser.add_argument("--size", choices=["small", "tiny", "ultra-tiny"])
     parser.add_argument("--teacher", default="gfn2-xtb")
     parser.add_argument("--weights", help="Orb teacher: local checkpoint path or 'random'")
     parser.add_argument("--shard", help="label only shard i/n (run n of these, then merge)")
     parser.add_argument("--work", type=Path, default=HERE / "work")
+    parser.add_argument("--train-molecules", type=int, default=NUM_TRAIN)
+    parser.add_argument("--test-molecules", type=int, default=NUM_TEST)
     parser.add_argument("--max-time", type=float, help="training budget in minutes")
     parser.add_argument("--epochs", type=int, help="override the config's epochs")
     parser.add_argument("--md-ps", type=float, default=10.0, help="NVT ps per test molecule")
@@ -221,17 +239,22 @@ def main(argv=None):
     parser.add_argument("--no-ship", action="store_true",
                         help="evaluate only; do not copy into ase_distilled/weights")
     args = parser.parse_args(argv)
+    if args.stage in ("student", "ship") and not args.size:
+        parser.error(f"the {args.stage} stage needs --size")
     if args.stage == "molecules":
-        print(select_molecules(args.work))
+        print(select_molecules(args.work, args.train_molecules, args.test_molecules))
     elif args.stage == "label":
         label_molecules(args.work, args.teacher, args.weights, args.shard)
     elif args.stage == "merge":
         merge_shards(args.work)
     elif args.stage == "student":
-        if not args.size:
-            parser.error("the student stage needs --size")
         build_student(args.work, args.size, args.teacher, args.weights, args.max_time,
                       args.epochs, args.md_ps, args.nve_ps, ship=not args.no_ship)
+    elif args.stage == "ship":  # again, from the evaluated checkpoint of a `student --no-ship`
+        from ase_distilled.checkpoint import load_checkpoint
+
+        ship_student(load_checkpoint(args.work / f"{args.size}.evaluated.pt"), args.size,
+                     args.work)
 
 
 if __name__ == "__main__":

@@ -364,10 +364,10 @@ def train(train_atoms, val_atoms, config: TrainConfig | None = None, out=None,
             stop_reason = "early_stopping"
             break
         began = time.monotonic()
-        record = {"epoch": run.epoch + 1, "lr": run.scheduler.get_last_lr()[0],
-                  **run.train_epoch(functools.partial(
-                      progress, desc=f"epoch {run.epoch + 1}/{config.epochs}")),
-                  **run.validate()}
+        losses = run.train_epoch(functools.partial(
+            progress, desc=f"epoch {run.epoch + 1}/{config.epochs}"))
+        record = {"epoch": run.epoch + 1, "lr": run.scheduler.get_last_lr()[0], **losses,
+                  **run.validate()}  # lr: at the end of the epoch
         run.epoch += 1
         record["seconds"] = time.monotonic() - began
         run.history.append(record)

@@ -47,6 +47,7 @@ def train_from_file(data, out, config: TrainConfig | None = None, resume: bool =
         "data": {"file": Path(data).name, "sha256": file_sha256(data),
                  "created": attributes.get("created"), "sampling": attributes.get("sampling"),
                  "structures": len(structures),
+                 "molecules": len({atoms.info.get("molecule") for atoms in structures}),
                  "atoms": sum(len(atoms) for atoms in structures),
                  "sizes": {"train": len(train_atoms), "val": len(val_atoms),
                            "test": len(test_atoms)},
