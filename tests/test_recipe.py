@@ -22,7 +22,7 @@ def test_recipe_distils_from_random_orb_end_to_end(tmp_path):
         subprocess.run([sys.executable, str(RECIPE), *args, "--work", str(tmp_path)],
                        check=True, capture_output=True, text=True)
 
-    recipe("molecules", "--train-molecules", "4", "--test-molecules", "2")
+    recipe("molecules", "--train-molecules", "8", "--test-molecules", "2")  # >= 1 val scaffold
     orb = ["--teacher", "orb-v3-direct-20-omat", "--weights", "random"]
     recipe("label", *orb)
     recipe("student", "--size", "ultra-tiny", "--epochs", "1", "--md-ps", "0.005",
