@@ -16,7 +16,7 @@ import torch
 from ase import Atoms
 from ase.build import molecule
 
-SMILES_FILE = Path("/work/shared/data/moses_train_20k.smi")
+SMILES_FILE = Path(__file__).parents[1] / "train" / "data" / "moses_5k.smi"  # in the repo
 WATER_SPACING = 3.104  # Å per molecule on a cubic grid: 1.00 g/cm^3
 
 
