@@ -383,7 +383,9 @@ def _add_train(subparsers):
                     "trains on a shard.")
     parser.add_argument("--data", required=True, help="labelled HDF5 dataset")
     parser.add_argument("--out", required=True, help="student checkpoint to write, e.g. tiny.pt")
-    parser.add_argument("--size", choices=["small", "tiny", "ultra-tiny"],
+    from ase_distilled.models.painn import STUDENT_SIZES
+
+    parser.add_argument("--size", choices=list(STUDENT_SIZES),
                         help="student size (default: the config's, else tiny)")
     parser.add_argument("--config", help="TOML training settings, e.g. train/configs/tiny.toml")
     parser.add_argument("--epochs", type=int, help="maximum number of epochs")
