@@ -70,6 +70,11 @@ class DistilledCalculator(Calculator):
         self.neighbors = NeighborCache(self.model.cutoff, skin, neighbor_backend)
         self._batch = None
 
+    @property
+    def cutoff(self) -> float:
+        """Range of the model in Å: atoms farther apart than this do not interact."""
+        return float(self.model.cutoff)
+
     def set_atoms(self, atoms):
         """Called by ASE when the calculator is attached: reject bad structures early."""
         self.check_atoms(atoms)

@@ -393,6 +393,9 @@ def _add_train(subparsers):
                         help="stop after the epoch that would overrun this budget")
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUT's training state if there is one")
+    parser.add_argument("--init", metavar="MODEL",
+                        help="fine-tune this student (shipped name or checkpoint) instead of "
+                             "starting from random weights")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.set_defaults(func=_run_train)
 
@@ -409,7 +412,8 @@ def _run_train(args):
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = TrainConfig.from_toml(args.config, size=args.size, epochs=args.epochs,
-                                   max_time=args.max_time, device=args.device)
+                                   max_time=args.max_time, device=args.device,
+                                   init_from=args.init)
     with distributed_from_env():
         model, _ = train_from_file(args.data, args.out, config, resume=args.resume)
         if rank_and_world()[0] != 0:

@@ -72,7 +72,8 @@ def render_model_card(name: str, model) -> str:
         f"batch {training.get('batch_size')}, "
         f"lr {training.get('lr')}, loss weights energy {training.get('energy_weight')} / "
         f"forces {training.get('forces_weight')}, EMA {training.get('ema_decay')}, "
-        f"seed {training.get('seed')}. Recipe: `train/` in the source repository.",
+        f"force loss {training.get('force_loss', 'mse')}, seed {training.get('seed')}. "
+        + _fine_tuned_from(training) + "Recipe: `train/` in the source repository.",
         "",
         "## Limits",
         "- Isolated, neutral, closed-shell molecules only (the teacher saw no charges, radicals, "
@@ -83,3 +84,14 @@ def render_model_card(name: str, model) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _fine_tuned_from(training: dict) -> str:
+    """A sentence on the student this one was fine-tuned from, if any."""
+    earlier = training.get("init_training")
+    if not earlier:
+        return ""
+    data = training.get("init_data") or {}
+    return (f"Fine-tuned from a student trained {earlier.get('epochs_completed')} epochs on "
+            f"{data.get('molecules', NOT_MEASURED)} molecules ({data.get('structures')} "
+            f"structures, force loss {earlier.get('force_loss', 'mse')}). ")

@@ -10,7 +10,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read
 
 from ase_distilled import build_student, save_checkpoint
-from ase_distilled.analysis import MDRun, run_md
+from ase_distilled.analysis import MDRun, run_md, run_md_side_by_side
 from ase_distilled.analysis.md import (
     bond_deviation,
     bonds,
@@ -138,6 +138,46 @@ def test_run_stops_cleanly_when_the_calculator_fails(cu):
     assert 25 <= run.steps < 100 and len(run.frames) >= 5
     with pytest.raises(ValueError, match="ensemble"):
         run_md(cu, EMT(), ensemble="npt")
+
+
+@pytest.fixture(scope="module")
+def student():
+    from ase_distilled import DistilledCalculator
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    return DistilledCalculator(build_student("ultra-tiny").double(), device="cpu",
+                               dtype="float64")
+
+
+def test_side_by_side_md_follows_each_molecule_alone(student):
+    molecules = [molecule("CH3CH2OH"), molecule("C6H6"), molecule("CH3COOH")]
+    settings = dict(ensemble="nve", temperature_K=300, timestep_fs=0.5, steps=40, interval=10,
+                    seed=3, progress=False)
+    together = run_md_side_by_side(molecules, student, **settings)
+    alone = run_md(molecules[0], student, **settings)  # the first draws the same velocities
+    assert [len(r.frames[0]) for r in together] == [9, 12, 8]
+    assert all(r.error is None and r.steps == 40 for r in together)
+    offset = alone.frames[0].positions - together[0].frames[0].positions
+    for a, b in zip(alone.frames, together[0].frames):
+        np.testing.assert_allclose(b.positions + offset, a.positions, atol=1e-8)
+        np.testing.assert_allclose(b.get_forces(), a.get_forces(), atol=1e-8)
+    np.testing.assert_allclose(together[0].total_energy, alone.total_energy, atol=1e-8)
+    for run, mol in zip(together, molecules):  # each frame's energy is the molecule's own
+        probe = run.frames[-1].copy()
+        probe.calc = student
+        assert run.frames[-1].get_potential_energy() == pytest.approx(
+            probe.get_potential_energy(), abs=1e-8)
+        assert run.frames[-1].get_chemical_formula() == mol.get_chemical_formula()
+
+
+def test_side_by_side_md_rejects_what_it_cannot_separate(student):
+    ethanol = molecule("CH3CH2OH")
+    with pytest.raises(ValueError, match="short-ranged calculator"):
+        run_md_side_by_side([ethanol, ethanol], EMT(), steps=2)
+    runs = run_md_side_by_side([ethanol, ethanol], student, gap=2.0, steps=2, interval=1,
+                               progress=False)
+    assert all("came within the cutoff" in run.error for run in runs)
 
 
 def test_md_figure(cu, tmp_path):

@@ -25,8 +25,9 @@ def test_recipe_distils_from_random_orb_end_to_end(tmp_path):
     recipe("molecules", "--train-molecules", "8", "--test-molecules", "2")  # >= 1 val scaffold
     orb = ["--teacher", "orb-v3-direct-20-omat", "--weights", "random"]
     recipe("label", *orb)
-    recipe("student", "--size", "ultra-tiny", "--epochs", "1", "--md-ps", "0.005",
-           "--nve-ps", "0.005", "--no-ship", *orb)
+    recipe("train", "--size", "ultra-tiny", "--epochs", "1", *orb)  # `student` = train + evaluate
+    recipe("evaluate", "--size", "ultra-tiny", "--md-ps", "0.005", "--nve-ps", "0.005",
+           "--no-ship", *orb)
 
     from ase_distilled import load_checkpoint
 

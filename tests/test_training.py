@@ -135,6 +135,23 @@ def test_reference_energies_scale_and_outputs(trained):
     assert paths["curve"].stat().st_size > 1000
 
 
+def test_fine_tuning_starts_from_the_given_student(trained):
+    out, model, history = trained
+    model, tuned = train(emt_data(16, 0), emt_data(6, 1),
+                         quick_config(epochs=1, init_from=str(out)))
+    # Epoch 0 evaluates the starting weights: the trained student's, not random ones.
+    best = min(history[1:], key=lambda h: h["val_force_mae"])
+    assert tuned[0]["val_force_mae"] == pytest.approx(best["val_force_mae"], rel=1e-5)
+    assert model.metadata["training"]["init_training"]["epochs_completed"] == 8
+    from ase_distilled.model_card import render_model_card
+
+    assert "Fine-tuned from a student trained 8 epochs" in render_model_card("tuned", model)
+    # The starting student fixes the architecture, whatever the settings say.
+    other, _ = train(emt_data(4, 0), emt_data(2, 1), quick_config(
+        size="tiny", cutoff=5.0, elements=None, epochs=1, init_from=str(out)))
+    assert other.config == model.config and other.metadata["training"]["size"] == "ultra-tiny"
+
+
 def _weights(path):
     return load_checkpoint(path).state_dict()
 
@@ -254,6 +271,40 @@ def test_collate_matches_direct_batch():
     assert targets["stress_mask"].tolist() == [True, False, True]
 
 
+def test_relative_force_loss_weighs_each_structure_by_its_own_forces():
+    # Targets (1 + a) F for the student's forces F: a structure's relative squared
+    # error is (a / (1 + a))^2 whatever the size of its forces; here 1/4 and 0.81,
+    # with the second structure's forces 5x the first's.
+    torch.manual_seed(0)
+    model = build_student("ultra-tiny", elements=["Al", "Cu"], cutoff=4.0).double()
+    with torch.no_grad():
+        model.scale.fill_(10.0)  # forces well above the relative loss's floor
+    structures = emt_data(2, 4, amplitude=0.02)
+    calc = DistilledCalculator(model, device="cpu", dtype="float64")
+    for atoms, a in zip(structures, (1.0, 9.0)):
+        atoms.calc = calc
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=(1 + a) * forces)
+    squared = [np.mean(atoms.get_forces() ** 2) for atoms in structures]
+    assert min(squared) > 10 * 0.1 ** 2  # the floor changes the answer by a few % at most
+    batch, edge_index, shifts, targets = collate(
+        [LabelledDataset(structures, 4.0, model.elements)[k] for k in range(2)])
+    targets = {k: v.double() if v.is_floating_point() else v for k, v in targets.items()}
+    weights = {"energy": 0.0, "forces": 1.0}
+    model.train()
+    relative = loss_terms(model, batch, edge_index, shifts, targets, weights,
+                          force_loss="relative")["forces"]
+    expected = np.average([r * m / (m + 0.1 ** 2) for r, m in zip((0.25, 0.81), squared)],
+                          weights=[len(atoms) for atoms in structures])
+    assert float(relative) == pytest.approx(expected, rel=1e-6)
+    mse = loss_terms(model, batch, edge_index, shifts, targets, weights)["forces"]
+    errors = np.concatenate([a / (1 + a) * atoms.get_forces()
+                             for atoms, a in zip(structures, (1.0, 9.0))])
+    assert float(mse) == pytest.approx(np.mean(errors ** 2) / float(model.scale) ** 2, rel=1e-6)
+    with pytest.raises(ValueError, match="force_loss must be one of"):
+        TrainConfig(force_loss="huber")
+
+
 def _torch_lj(positions, epsilon=1.0, sigma=1.0):
     i, j = torch.triu_indices(len(positions), len(positions), 1)
     r = torch.linalg.vector_norm(positions[i] - positions[j], dim=1)
@@ -367,6 +418,10 @@ def test_cli_train_from_labelled_file(tmp_path, capsys):
     assert 0 < metadata["metrics"]["test"]["force_mae"] < 1.0
     # Finished runs resume to the same result; unknown settings are clear errors.
     assert cli_main([*argv, "--resume"]) == 0
+    tuned = tmp_path / "tuned.pt"
+    assert cli_main([*argv[:-5], str(tuned), "--config", str(config), "--epochs", "1",
+                     "--init", str(out)]) == 0
+    assert load_checkpoint(tuned).metadata["training"]["init_from"] == str(out)
     config.write_text("learning_rate = 1.0\n")
     assert cli_main(argv) == 2
     assert "Unknown training setting(s) ['learning_rate']" in capsys.readouterr().err

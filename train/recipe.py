@@ -4,6 +4,9 @@
     python train/recipe.py label [--shard i/n] # teacher labels (resumable)
     python train/recipe.py student --size tiny # train, evaluate, ship (resumable)
 
+``student`` is ``train`` then ``evaluate`` (which ships unless ``--no-ship``);
+``--init CHECKPOINT`` fine-tunes a trained student instead of starting from random weights.
+
 Every stage skips what is already done, so rerunning a command after a crash
 resumes it. ``--teacher orb-v3-conservative-inf-omat --weights PATH`` distils
 from Orb instead of GFN2-xTB with the same stages (see train/README.md).
@@ -85,14 +88,14 @@ def merge_shards(work: Path):
             print(part, merge(shards, work / f"{part}.h5"))
 
 
-def train_student(work: Path, size: str, max_time=None, epochs=None):
+def train_student(work: Path, size: str, max_time=None, epochs=None, init=None):
     """Train on ``train.h5`` (validation: 10 % of its scaffolds), resuming if interrupted."""
     from ase_distilled.training import TrainConfig
     from ase_distilled.training.workflow import train_from_file
 
     config = TrainConfig.from_toml(HERE / "configs" / f"{size}.toml", max_time=max_time,
-                                   epochs=epochs, split_key="scaffold",
-                                   split_fractions=[0.9, 0.1, 0.0])
+                                   epochs=epochs, init_from=init and str(init),
+                                   split_key="scaffold", split_fractions=[0.9, 0.1, 0.0])
     out = work / f"{size}.pt"
     return train_from_file(work / "train.h5", out, config,
                            resume=Path(f"{out}".replace(".pt", ".state.pt")).is_file())[0]
@@ -105,7 +108,7 @@ def evaluate_student(work: Path, model, md_ps: float, nve_ps: float, teacher: st
     import numpy as np
 
     from ase_distilled import DistilledCalculator
-    from ase_distilled.analysis import compare_forces, force_metrics, run_md
+    from ase_distilled.analysis import compare_forces, force_metrics, run_md_side_by_side
     from ase_distilled.data import load
     from ase_distilled.teachers import get_teacher
 
@@ -121,17 +124,19 @@ def evaluate_student(work: Path, model, md_ps: float, nve_ps: float, teacher: st
 
     rest = [a for a in test if a.info["source"] == "conformer" and a.info["id"].endswith("/c00")]
     md_molecules = rest[:10]
-    nvt = [run_md(a, calc, ensemble="nvt", temperature_K=300, timestep_fs=0.5,
-                  steps=int(md_ps * 2000), interval=100, seed=k, progress=False).metrics()
-           for k, a in enumerate(md_molecules)]
-    nve = [run_md(a, calc, ensemble="nve", temperature_K=300, timestep_fs=0.5,
-                  steps=int(nve_ps * 2000), interval=20, seed=k, progress=False).metrics()
-           for k, a in enumerate(md_molecules[:3])]
+    # Side by side, far apart: one force call per step for all ten molecules.
+    nvt = [run.metrics() for run in run_md_side_by_side(
+        md_molecules, calc, ensemble="nvt", temperature_K=300, timestep_fs=0.5,
+        steps=int(md_ps * 2000), interval=100, progress=True)]
+    nve = [run.metrics() for run in run_md_side_by_side(
+        md_molecules, calc, ensemble="nve", temperature_K=300, timestep_fs=0.5,
+        steps=int(nve_ps * 2000), interval=20, progress=True)]
     stable = sum(m["stable"] for m in nvt)
     drifts = [abs(m["energy_drift_meV_atom_ps"]) for m in nve]
     md_summary = (
         f"NVT 300 K, 0.5 fs, {md_ps:g} ps on {len(nvt)} held-out molecules "
-        f"({min(m['num_atoms'] for m in nvt)}-{max(m['num_atoms'] for m in nvt)} atoms): "
+        f"({min(m['num_atoms'] for m in nvt)}-{max(m['num_atoms'] for m in nvt)} atoms, "
+        f"simulated side by side, out of each other's reach): "
         f"{stable}/{len(nvt)} stable (no bond ever > 0.5 Å from its initial length; largest "
         f"deviation {max(m['max_bond_deviation_A'] for m in nvt):.2f} Å). NVE from 300 K, "
         f"{nve_ps:g} ps on {len(nve)} molecules: |energy drift| mean "
@@ -154,8 +159,8 @@ def evaluate_student(work: Path, model, md_ps: float, nve_ps: float, teacher: st
         f"Median force call on {len(rest[:5])} held-out molecules, CPU, torch threads "
         f"{__import__('torch').get_num_threads()}, measured side by side in one run: "
         f"student {student_ms:.2f} ms, teacher ({teacher}) {teacher_ms:.1f} ms: "
-        f"{teacher_ms / student_ms:.1f}x faster. MD: "
-        f"{np.median([m['steps_per_second'] for m in nvt]):.0f} steps/s.")
+        f"{teacher_ms / student_ms:.1f}x faster. MD of the {len(nvt)} molecules side by side: "
+        f"{nvt[0]['steps_per_second']:.0f} steps/s (each step moves all {len(nvt)}).")
     return {"metrics": {"test_by_level": by_level,
                         "test_energy_mae_per_atom": report.metrics[
                             "energy_mae_per_atom"]},
@@ -210,9 +215,9 @@ def describe_data(work: Path, model):
         f"Gaussian noise of A Å per component; 'all' pools them.")
 
 
-def build_student(work: Path, size: str, teacher, weights, max_time, epochs, md_ps, nve_ps,
-                  ship: bool):
-    model = train_student(work, size, max_time, epochs)
+def finish_student(work: Path, model, size: str, teacher, weights, md_ps, nve_ps,
+                   ship: bool):
+    """Evaluate a trained student, save it as ``<size>.evaluated.pt``, and ship it."""
     model.metadata.update(evaluate_student(work, model, md_ps, nve_ps, teacher, weights))
     describe_data(work, model)
     from ase_distilled.checkpoint import save_checkpoint
@@ -228,7 +233,8 @@ def build_student(work: Path, size: str, teacher, weights, max_time, epochs, md_
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["molecules", "label", "merge", "student", "ship"])
+    parser.add_argument("stage", choices=["molecules", "label", "merge", "student", "train",
+                                          "evaluate", "ship"])
     parser.add_argument("--size", choices=list(STUDENT_SIZES))
     parser.add_argument("--teacher", default="gfn2-xtb")
     parser.add_argument("--weights", help="Orb teacher: local checkpoint path or 'random'")
@@ -238,12 +244,13 @@ def main(argv=None):
     parser.add_argument("--test-molecules", type=int, default=NUM_TEST)
     parser.add_argument("--max-time", type=float, help="training budget in minutes")
     parser.add_argument("--epochs", type=int, help="override the config's epochs")
+    parser.add_argument("--init", type=Path, help="fine-tune this student checkpoint")
     parser.add_argument("--md-ps", type=float, default=10.0, help="NVT ps per test molecule")
     parser.add_argument("--nve-ps", type=float, default=2.0, help="NVE ps per test molecule")
     parser.add_argument("--no-ship", action="store_true",
                         help="evaluate only; do not copy into ase_distilled/weights")
     args = parser.parse_args(argv)
-    if args.stage in ("student", "ship") and not args.size:
+    if args.stage in ("student", "train", "evaluate", "ship") and not args.size:
         parser.error(f"the {args.stage} stage needs --size")
     if args.stage == "molecules":
         print(select_molecules(args.work, args.train_molecules, args.test_molecules))
@@ -251,10 +258,17 @@ def main(argv=None):
         label_molecules(args.work, args.teacher, args.weights, args.shard)
     elif args.stage == "merge":
         merge_shards(args.work)
-    elif args.stage == "student":
-        build_student(args.work, args.size, args.teacher, args.weights, args.max_time,
-                      args.epochs, args.md_ps, args.nve_ps, ship=not args.no_ship)
-    elif args.stage == "ship":  # again, from the evaluated checkpoint of a `student --no-ship`
+    elif args.stage in ("student", "train", "evaluate"):
+        from ase_distilled.checkpoint import load_checkpoint
+
+        if args.stage == "evaluate":
+            model = load_checkpoint(args.work / f"{args.size}.pt")
+        else:
+            model = train_student(args.work, args.size, args.max_time, args.epochs, args.init)
+        if args.stage != "train":
+            finish_student(args.work, model, args.size, args.teacher, args.weights, args.md_ps,
+                           args.nve_ps, ship=not args.no_ship)
+    elif args.stage == "ship":  # again, from the evaluated checkpoint of a `--no-ship` run
         from ase_distilled.checkpoint import load_checkpoint
 
         ship_student(load_checkpoint(args.work / f"{args.size}.evaluated.pt"), args.size,

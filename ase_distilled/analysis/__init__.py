@@ -9,7 +9,7 @@ from ase_distilled.analysis.forces import (
     force_metrics,
     reference_labels,
 )
-from ase_distilled.analysis.md import MDRun, run_md
+from ase_distilled.analysis.md import MDRun, run_md, run_md_side_by_side
 
 __all__ = ["ForceReport", "MDRun", "compare_forces", "force_metrics", "reference_labels",
-           "run_md"]
+           "run_md", "run_md_side_by_side"]

@@ -20,9 +20,9 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-from ase import units
+from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase.constraints import FixCom
+from ase.constraints import FixSubsetCom
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary, ZeroRotation
 from ase.md.verlet import VelocityVerlet
@@ -227,7 +227,7 @@ class _NonFinite(ValueError):
 
 def run_md(atoms, calc, *, ensemble="nvt", temperature_K=300.0, timestep_fs=0.5, steps=1000,
            friction_per_fs=0.01, interval=10, seed=0, out_dir=None, name="md",
-           progress=True) -> MDRun:
+           progress=True, groups=None) -> MDRun:
     """Run MD with ASE's Langevin (NVT) or VelocityVerlet (NVE) integrator.
 
     Velocities start from a Maxwell-Boltzmann distribution at ``temperature_K``
@@ -254,6 +254,9 @@ def run_md(atoms, calc, *, ensemble="nvt", temperature_K=300.0, timestep_fs=0.5,
     name : str
     progress : bool
         Show a progress bar with steps/s, temperature and energy.
+    groups : list of index arrays, optional
+        Independent parts of ``atoms`` (molecules far apart): each gets its own
+        initial velocities and keeps its own centre of mass still. Default: one.
 
     Returns
     -------
@@ -267,14 +270,20 @@ def run_md(atoms, calc, *, ensemble="nvt", temperature_K=300.0, timestep_fs=0.5,
         raise ValueError("steps and interval must be >= 1 and timestep_fs > 0.")
     atoms = atoms.copy()
     atoms.calc = calc
+    groups = [np.arange(len(atoms))] if groups is None else groups
     rng = np.random.default_rng(seed)
-    thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
-    Stationary(atoms)
-    if not atoms.pbc.any():
-        ZeroRotation(atoms)
+    momenta = np.zeros((len(atoms), 3))
+    for group in groups:
+        part = atoms[group]
+        thermalize_momenta(part, temperature_K=temperature_K, rng=rng)
+        Stationary(part)
+        if not part.pbc.any():
+            ZeroRotation(part)
+        momenta[group] = part.get_momenta()
+    atoms.set_momenta(momenta)
     if ensemble == "nvt":
-        # ASE's recommended way to keep the centre of mass still under Langevin noise
-        atoms.set_constraint([*atoms.constraints, FixCom()])
+        # ASE's recommended way to keep centres of mass still under Langevin noise
+        atoms.set_constraint([*atoms.constraints, *(FixSubsetCom(g) for g in groups)])
         dyn = Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K,
                        friction=friction_per_fs / units.fs, fixcm=False, rng=rng)
     else:
@@ -326,3 +335,78 @@ def run_md(atoms, calc, *, ensemble="nvt", temperature_K=300.0, timestep_fs=0.5,
                  ensemble=ensemble, temperature_K=temperature_K, timestep_fs=timestep_fs,
                  steps=dyn.nsteps, steps_per_second=dyn.nsteps / wall if wall > 0 else None,
                  error=error, files=files)
+
+
+def run_md_side_by_side(molecules, calc, *, gap=None, **settings) -> list:
+    """MD of many molecules in one simulation: one force call per step for all of them.
+
+    The molecules are laid out in a row, ``gap`` Å apart, so that a short-ranged
+    calculator sees each alone: every molecule follows the dynamics it would
+    follow on its own (its own initial velocities, centre of mass and thermostat
+    noise), while a small student evaluates them all for little more than the
+    cost of one. Each result is checked afterwards: if atoms of two molecules
+    ever came within the calculator's cutoff, both runs get an ``error``.
+
+    Parameters
+    ----------
+    molecules : list of ase.Atoms
+        Non-periodic structures.
+    calc : ase Calculator with a ``cutoff`` attribute (in Å)
+        A short-ranged calculator such as :class:`~ase_distilled.DistilledCalculator`.
+        Long-ranged ones (GFN2-xTB's electrostatics) would couple the molecules:
+        run them one by one with :func:`run_md`.
+    gap : float, optional
+        Initial distance between neighbouring molecules; default 4x the cutoff.
+    **settings
+        As for :func:`run_md` (``out_dir`` writes the combined trajectory).
+
+    Returns
+    -------
+    list of MDRun
+        One per molecule, with its own frames; each frame's energy is the
+        molecule's own, recomputed alone. A run stopped by the calculator stops
+        them all, and each then carries its ``error``.
+    """
+    cutoff = getattr(calc, "cutoff", None)
+    if cutoff is None:
+        raise ValueError("Side-by-side MD needs a short-ranged calculator with a `cutoff` "
+                         "attribute (a DistilledCalculator); run other calculators, whose "
+                         "interactions may reach every molecule, one by one with run_md.")
+    if any(m.pbc.any() for m in molecules):
+        raise ValueError("Side-by-side MD is for non-periodic molecules; run periodic "
+                         "systems one by one with run_md.")
+    gap = 4 * cutoff if gap is None else gap
+    packed, groups, x = Atoms(), [], 0.0
+    for molecule in molecules:
+        placed = molecule.copy()
+        placed.positions -= placed.positions.min(axis=0)
+        placed.positions[:, 0] += x
+        x = placed.positions[:, 0].max() + gap
+        groups.append(np.arange(len(packed), len(packed) + len(placed)))
+        packed += placed
+    run = run_md(packed, calc, groups=groups, **settings)
+    owner = np.concatenate([np.full(len(g), k) for k, g in enumerate(groups)])
+    too_close = set()  # molecules that had an atom of another within the cutoff
+    for frame in run.frames:
+        i, j = neighbor_list("ij", frame, cutoff)
+        too_close.update(owner[i][owner[i] != owner[j]].tolist())
+    runs = []
+    for k, group in enumerate(groups):
+        frames = []
+        for frame in run.frames:
+            alone = frame[group]
+            probe = alone.copy()
+            probe.calc = calc
+            alone.calc = SinglePointCalculator(alone, energy=probe.get_potential_energy(),
+                                               forces=frame.get_forces()[group])
+            alone.info = dict(frame.info)
+            frames.append(alone)
+        error = run.error
+        if k in too_close:
+            error = (f"molecule {k} came within the cutoff ({cutoff} Å) of another; "
+                     f"rerun with a larger gap")
+        runs.append(MDRun(frames=frames, time_ps=run.time_ps, ensemble=run.ensemble,
+                          temperature_K=run.temperature_K, timestep_fs=run.timestep_fs,
+                          steps=run.steps, steps_per_second=run.steps_per_second,
+                          error=error, files=run.files))
+    return runs

@@ -5,6 +5,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+FORCE_LOSSES = ("mse", "relative")
+
 
 @dataclass
 class TrainConfig:
@@ -41,6 +43,14 @@ class TrainConfig:
         ``hessian_rows``, see :mod:`ase_distilled.training.hessian`).
     hessian_delta : float
         Finite-difference step in Å for the student's Hessian rows.
+    force_loss : {"mse", "relative"}
+        ``relative`` weighs each structure's force errors by its own force size,
+        so that structures near rest count as much as strongly distorted ones
+        (see :mod:`ase_distilled.training.loss`).
+    init_from : str, optional
+        Fine-tune: start from this student (a shipped name or a checkpoint path),
+        its weights and its energy references, instead of random weights. Its
+        size, cutoff and elements replace the ones set here.
     seed : int
         Seeds initial weights and the shuffling of every epoch.
     split_key : str
@@ -76,6 +86,8 @@ class TrainConfig:
     stress_weight: float = 1.0
     hessian_weight: float = 0.0
     hessian_delta: float = 0.005
+    force_loss: str = "mse"
+    init_from: str | None = None
     seed: int = 0
     split_key: str = "molecule"
     split_fractions: list = field(default_factory=lambda: [0.8, 0.1, 0.1])
@@ -95,6 +107,9 @@ class TrainConfig:
         if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6:
             raise ValueError(f"split_fractions must be three numbers summing to 1 "
                              f"(train, val, test), got {self.split_fractions}.")
+        if self.force_loss not in FORCE_LOSSES:
+            raise ValueError(f"force_loss must be one of {FORCE_LOSSES}, got "
+                             f"{self.force_loss!r}.")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")

@@ -18,6 +18,7 @@ all-reduce per step, so all ranks hold identical weights.
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import hashlib
 import json
@@ -35,7 +36,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from ase_distilled.checkpoint import save_checkpoint
-from ase_distilled.models.painn import build_student
+from ase_distilled.models.painn import STUDENT_SIZES, build_student
 from ase_distilled.training.config import TrainConfig
 from ase_distilled.training.loader import LabelledDataset, collate, to_device
 from ase_distilled.training.loss import loss_terms
@@ -95,6 +96,39 @@ def fit_normalisation(model, dataset: LabelledDataset):
         model.atom_ref.copy_(torch.as_tensor(atom_ref))
         model.shift.fill_(float(residual.mean()))
         model.scale.fill_(rms if rms > 0 else 1.0)
+
+
+def _starting_student(source):
+    """The student to fine-tune from (shipped name or checkpoint), checked."""
+    from ase_distilled.registry import load_model
+
+    trained = load_model(source)
+    if not hasattr(trained, "config"):
+        raise ValueError(f"Cannot fine-tune from {str(source)!r}: it is an export; use the "
+                         f"student checkpoint (.pt) it was exported from.")
+    size = next((name for name, widths in STUDENT_SIZES.items()
+                 if all(getattr(trained.config, k) == v for k, v in widths.items())), None)
+    if size is None:
+        raise ValueError(f"Cannot fine-tune from {str(source)!r}: its widths match none of "
+                         f"the named sizes {list(STUDENT_SIZES)}.")
+    return trained, size
+
+
+def adopt_architecture(config: TrainConfig) -> TrainConfig:
+    """``config`` with the size, elements and cutoff of the student it fine-tunes, if any.
+
+    The starting student fixes the architecture; settings that disagree are replaced
+    (with a log message), not trained into a model that could not load the weights.
+    """
+    if not config.init_from:
+        return config
+    trained, size = _starting_student(config.init_from)
+    adopted = dataclasses.replace(config, size=size, elements=list(trained.elements),
+                                  cutoff=float(trained.cutoff))
+    if adopted != config:
+        logger.info("Fine-tuning %s: size %s, cutoff %g Å, elements %s.", config.init_from,
+                    size, adopted.cutoff, adopted.elements)
+    return adopted
 
 
 def evaluate(model, data, batch_size: int = 32) -> dict:
@@ -212,8 +246,14 @@ class _Run:
         torch.manual_seed(config.seed)
         elements = config.elements or train_set.elements
         self.model = build_student(config.size, elements=elements, cutoff=config.cutoff)
+        self.init_metadata = {}
+        if config.init_from:  # architecture already adopted: see adopt_architecture
+            trained, _ = _starting_student(config.init_from)
+            self.model.load_state_dict(trained.state_dict())
+            self.init_metadata = getattr(trained, "metadata", {})
+        else:
+            fit_normalisation(self.model, train_set)
         self.model.to(device=device, dtype=dtype).train()
-        fit_normalisation(self.model, train_set)
         if self.world > 1:  # identical start on every rank, whatever their RNG did
             for tensor in self.model.state_dict().values():
                 dist.broadcast(tensor, 0)
@@ -278,7 +318,7 @@ class _Run:
                                                            parameter.dtype)
             self.optimizer.zero_grad(set_to_none=True)
             terms = loss_terms(self.model, batch, edge_index, shifts, targets, self.weights,
-                               self.config.hessian_delta)
+                               self.config.hessian_delta, self.config.force_loss)
             terms["total"].backward()
             if self.world > 1:
                 _average_gradients(self.parameters, self.world)
@@ -329,7 +369,7 @@ def train(train_atoms, val_atoms, config: TrainConfig | None = None, out=None,
     history : list of dict
         One entry per epoch (epoch 0: before training).
     """
-    config = config or TrainConfig()
+    config = adopt_architecture(config or TrainConfig())
     if config.device is None:
         device = torch.device(f"cuda:{torch.cuda.current_device()}"
                               if torch.cuda.is_available() else "cpu")
@@ -429,6 +469,9 @@ def _metadata(run: _Run, metadata, stop_reason) -> dict:
                         "num_parameters": run.model.num_parameters(),
                         "train_structures": len(run.train_set),
                         "val_structures": len(run.val_set)}
+    if run.init_metadata:  # fine-tuned: keep the starting student's record
+        base["training"]["init_training"] = run.init_metadata.get("training")
+        base["training"]["init_data"] = run.init_metadata.get("data")
     base.setdefault("metrics", {})["val"] = {
         k[len("val_"):]: v for k, v in run.best_metrics.items() if k.startswith("val_")}
     return base
