@@ -208,22 +208,19 @@ def _structure_from_argument(text):
     SMILES are accepted so that ``ase-distilled md "CC(=O)Nc1ccc(O)cc1"`` needs no
     file; the conformer is built as the labelling pipeline builds them.
     """
-    import warnings
     from pathlib import Path
 
     from ase.io import read
 
     if Path(text).is_file():
         return read(text, index=0)
-    from ase_distilled.data.structures import Sampling, _conformers
+    from ase_distilled.data.structures import conformers_from_smiles
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the error below says it plainly
-        conformers = _conformers(text, "smiles", Sampling(conformers=1))
-    if not conformers:
+    try:
+        return conformers_from_smiles(text)[0]
+    except ValueError:
         raise ValueError(f"STRUCTURE {text!r} is neither an existing file nor a SMILES string "
-                         f"RDKit can embed in 3-D.")
-    return conformers[0]
+                         f"RDKit can embed in 3-D.") from None
 
 
 def _add_label(subparsers):

@@ -41,6 +41,14 @@ def test_smiles_conformers_are_deterministic_and_tagged(smi):
     assert units[0].build(sampling)[0].info["scaffold"] == ""  # acyclic: empty scaffold
     other_seed = units[1].build(Sampling(conformers=3, seed=8))
     assert not np.allclose(other_seed[0].positions, first[0].positions)
+    # The public one-molecule function builds conformers the same way.
+    from ase_distilled.data import conformers_from_smiles
+
+    alone = conformers_from_smiles("c1ccccc1CC(=O)O", count=3, seed=7)
+    assert [a.get_chemical_formula() for a in alone] == ["C8H8O2"] * 3
+    assert alone[0].info["molecule"] == "O=C(O)Cc1ccccc1"
+    with pytest.raises(ValueError, match="not a SMILES string RDKit can parse"):
+        conformers_from_smiles("not-a-molecule((")
 
 
 def test_smiles_charge_and_radical_spin(smi):

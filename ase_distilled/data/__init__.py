@@ -14,12 +14,18 @@ from ase_distilled.data.dataset import (
     split_by_group,
     summary,
 )
-from ase_distilled.data.structures import Sampling, Unit, units_from_inputs
+from ase_distilled.data.structures import (
+    Sampling,
+    Unit,
+    conformers_from_smiles,
+    units_from_inputs,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
     "Sampling",
     "Unit",
+    "conformers_from_smiles",
     "label",
     "load",
     "merge",

@@ -139,6 +139,25 @@ def _conformers(smiles, key, sampling) -> list:
     return structures
 
 
+def conformers_from_smiles(smiles: str, count: int = 1, seed: int = 0) -> list:
+    """3-D structures of a molecule: RDKit ETKDG conformers relaxed with MMFF (else UFF).
+
+    Built as the labelling pipeline builds them, and tagged in ``atoms.info``
+    (``id``, ``source``, ``molecule``, ``scaffold``, ``charge``, ``spin``).
+
+    Raises
+    ------
+    ValueError
+        If RDKit cannot parse or embed ``smiles``.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the error below says it plainly
+        structures = _conformers(smiles, "smiles", Sampling(conformers=count, seed=seed))
+    if not structures:
+        raise ValueError(f"{smiles!r} is not a SMILES string RDKit can parse and embed in 3-D.")
+    return structures
+
+
 def smiles_units(path) -> list:
     """One unit per SMILES of a ``.smi`` file (first column; blank and ``#`` lines skipped)."""
     path = Path(path)
