@@ -37,5 +37,6 @@ def test_recipe_distils_from_random_orb_end_to_end(tmp_path):
     assert "random" in json.dumps(meta["teacher"])
     assert {"all", "conformer", "rattle:0.02", "rattle:0.05"} <= set(
         meta["metrics"]["test_by_level"])
+    assert meta["metrics"]["val"]["force_mae"] > 0  # training's validation figures are kept
     assert len(meta["md"]["nvt"]) == 2
     assert meta["speed"]["teacher_ms"] > 0

@@ -218,7 +218,9 @@ def describe_data(work: Path, model):
 def finish_student(work: Path, model, size: str, teacher, weights, md_ps, nve_ps,
                    ship: bool):
     """Evaluate a trained student, save it as ``<size>.evaluated.pt``, and ship it."""
-    model.metadata.update(evaluate_student(work, model, md_ps, nve_ps, teacher, weights))
+    results = evaluate_student(work, model, md_ps, nve_ps, teacher, weights)
+    model.metadata.setdefault("metrics", {}).update(results.pop("metrics"))  # keeps "val"
+    model.metadata.update(results)
     describe_data(work, model)
     from ase_distilled.checkpoint import save_checkpoint
 
