@@ -92,6 +92,7 @@ def _fine_tuned_from(training: dict) -> str:
     if not earlier:
         return ""
     data = training.get("init_data") or {}
-    return (f"Fine-tuned from a student trained {earlier.get('epochs_completed')} epochs on "
-            f"{data.get('molecules', NOT_MEASURED)} molecules ({data.get('structures')} "
-            f"structures, force loss {earlier.get('force_loss', 'mse')}). ")
+    counts = ", ".join(f"{data[key]} {key}" for key in ("molecules", "structures") if key in data)
+    return (f"Fine-tuned from a student trained {earlier.get('epochs_completed')} epochs"
+            f"{f' on {counts}' if counts else ''} (force loss "
+            f"{earlier.get('force_loss', 'mse')}). ")

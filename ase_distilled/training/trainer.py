@@ -98,10 +98,18 @@ def fit_normalisation(model, dataset: LabelledDataset):
         model.scale.fill_(rms if rms > 0 else 1.0)
 
 
-def _starting_student(source):
-    """The student to fine-tune from (shipped name or checkpoint), checked."""
+def starting_student(config: TrainConfig):
+    """The student that ``config.init_from`` names, and ``config`` with its architecture.
+
+    The starting student fixes size, elements and cutoff; settings that disagree
+    are replaced (with a log message), not trained into a model that could not
+    load the weights. Without ``init_from``: ``(None, config)``.
+    """
+    if not config.init_from:
+        return None, config
     from ase_distilled.registry import load_model
 
+    source = config.init_from
     trained = load_model(source)
     if not hasattr(trained, "config"):
         raise ValueError(f"Cannot fine-tune from {str(source)!r}: it is an export; use the "
@@ -111,24 +119,12 @@ def _starting_student(source):
     if size is None:
         raise ValueError(f"Cannot fine-tune from {str(source)!r}: its widths match none of "
                          f"the named sizes {list(STUDENT_SIZES)}.")
-    return trained, size
-
-
-def adopt_architecture(config: TrainConfig) -> TrainConfig:
-    """``config`` with the size, elements and cutoff of the student it fine-tunes, if any.
-
-    The starting student fixes the architecture; settings that disagree are replaced
-    (with a log message), not trained into a model that could not load the weights.
-    """
-    if not config.init_from:
-        return config
-    trained, size = _starting_student(config.init_from)
     adopted = dataclasses.replace(config, size=size, elements=list(trained.elements),
                                   cutoff=float(trained.cutoff))
     if adopted != config:
-        logger.info("Fine-tuning %s: size %s, cutoff %g Å, elements %s.", config.init_from,
-                    size, adopted.cutoff, adopted.elements)
-    return adopted
+        logger.info("Fine-tuning %s: size %s, cutoff %g Å, elements %s.", source, size,
+                    adopted.cutoff, adopted.elements)
+    return trained, adopted
 
 
 def evaluate(model, data, batch_size: int = 32) -> dict:
@@ -240,17 +236,15 @@ def plot_learning_curve(history, path):
 class _Run:
     """State of one training run, saved and restored as a whole."""
 
-    def __init__(self, train_set, val_set, config: TrainConfig, device, dtype):
+    def __init__(self, train_set, val_set, config: TrainConfig, device, dtype, start=None):
         self.config, self.train_set, self.val_set = config, train_set, val_set
         self.rank, self.world = rank_and_world()
         torch.manual_seed(config.seed)
         elements = config.elements or train_set.elements
         self.model = build_student(config.size, elements=elements, cutoff=config.cutoff)
-        self.init_metadata = {}
-        if config.init_from:  # architecture already adopted: see adopt_architecture
-            trained, _ = _starting_student(config.init_from)
-            self.model.load_state_dict(trained.state_dict())
-            self.init_metadata = getattr(trained, "metadata", {})
+        self.start_metadata = getattr(start, "metadata", {})
+        if start is not None:  # fine-tuning: see starting_student
+            self.model.load_state_dict(start.state_dict())
         else:
             fit_normalisation(self.model, train_set)
         self.model.to(device=device, dtype=dtype).train()
@@ -369,7 +363,7 @@ def train(train_atoms, val_atoms, config: TrainConfig | None = None, out=None,
     history : list of dict
         One entry per epoch (epoch 0: before training).
     """
-    config = adopt_architecture(config or TrainConfig())
+    start, config = starting_student(config or TrainConfig())
     if config.device is None:
         device = torch.device(f"cuda:{torch.cuda.current_device()}"
                               if torch.cuda.is_available() else "cpu")
@@ -381,7 +375,7 @@ def train(train_atoms, val_atoms, config: TrainConfig | None = None, out=None,
                          f"set (got {len(train_set)} and {len(val_atoms)}); use more data or "
                          f"other split fractions.")
     val_set = LabelledDataset(val_atoms, config.cutoff, config.elements or train_set.elements)
-    run = _Run(train_set, val_set, config, device, getattr(torch, config.dtype))
+    run = _Run(train_set, val_set, config, device, getattr(torch, config.dtype), start)
     paths = output_paths(out) if out is not None else None
     writer = run.rank == 0 and paths is not None
     if resume and paths is not None and paths["state"].is_file():
@@ -469,9 +463,9 @@ def _metadata(run: _Run, metadata, stop_reason) -> dict:
                         "num_parameters": run.model.num_parameters(),
                         "train_structures": len(run.train_set),
                         "val_structures": len(run.val_set)}
-    if run.init_metadata:  # fine-tuned: keep the starting student's record
-        base["training"]["init_training"] = run.init_metadata.get("training")
-        base["training"]["init_data"] = run.init_metadata.get("data")
+    if run.start_metadata:  # fine-tuned: keep the starting student's record
+        base["training"]["init_training"] = run.start_metadata.get("training")
+        base["training"]["init_data"] = run.start_metadata.get("data")
     base.setdefault("metrics", {})["val"] = {
         k[len("val_"):]: v for k, v in run.best_metrics.items() if k.startswith("val_")}
     return base
