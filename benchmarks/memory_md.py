@@ -13,28 +13,29 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from ase import units
 from ase.build import molecule
+from ase.constraints import FixCom
 from ase.md.langevin import Langevin
 from bench_systems import machine, peak_rss_mb, rss_mb
 
-from ase_distilled import DistilledCalculator, build_student
+from ase_distilled import DistilledCalculator
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="tiny")
+    parser.add_argument("--model", default="tiny", help="shipped student name or checkpoint")
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--every", type=int, default=5_000)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "memory_md.json"))
     args = parser.parse_args(argv)
-    torch.manual_seed(0)
     atoms = molecule("CH3CH2OH")
-    atoms.calc = calc = DistilledCalculator(build_student(args.size), device="cpu")
-    # Langevin keeps a random-weights student's molecule bounded over long runs.
-    dynamics = Langevin(atoms, 0.5 * units.fs, temperature_K=300, friction=0.02,
+    atoms.calc = calc = DistilledCalculator(args.model, device="cpu")
+    # A trained student (a random one can fly apart over 100,000 steps); FixCom with
+    # fixcm=False is what ASE >= 3.28 asks for.
+    atoms.set_constraint(FixCom())
+    dynamics = Langevin(atoms, 0.5 * units.fs, temperature_K=300, friction=0.02, fixcm=False,
                         rng=np.random.default_rng(0))
     samples, start, done = [], time.perf_counter(), 0
     while done < args.steps and time.perf_counter() - start < 60 * args.minutes:
@@ -44,7 +45,7 @@ def main(argv=None):
                         "seconds": time.perf_counter() - start,
                         "neighbor_builds": calc.neighbors.builds})
         print(samples[-1], flush=True)
-    result = {"machine": machine(), "size": args.size, "atoms": len(atoms),
+    result = {"machine": machine(), "model": args.model, "atoms": len(atoms),
               "steps_requested": args.steps, "steps_done": done, "samples": samples,
               "rss_growth_after_first_sample_mb": samples[-1]["rss_mb"] - samples[0]["rss_mb"]}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
