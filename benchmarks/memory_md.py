@@ -1,6 +1,6 @@
 """Resident memory over a long MD run of one small molecule with a student.
 
-    python benchmarks/memory_md.py --steps 100000 --every 5000 --minutes 10
+    python benchmarks/memory_md.py --steps 100000 --every 5000 --minutes 60
 
 Writes results/memory_md.json: RSS (MB) every ``--every`` steps. A leak (a graph
 kept alive, a cache that grows) shows as a rising RSS after the first few
