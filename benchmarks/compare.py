@@ -48,6 +48,7 @@ ORB_NAMES = ("orb-v3-conservative-inf-omat", "orb-v3-direct-20-omat")
 ORB_MAX_ATOMS = 100  # Orb conservative takes ~10 s a call beyond this here
 BASELINE_REV = "50aa05c"  # the student as first committed, before this work
 ROOT = Path(__file__).resolve().parent.parent
+REUSE_MEMORY = True  # --malloc-defaults: students leave glibc's malloc as it is (the "before")
 
 
 def student(size, seed=0):
@@ -56,6 +57,7 @@ def student(size, seed=0):
 
 
 def student_calc(size, **options):
+    options.setdefault("reuse_memory", REUSE_MEMORY)
     return DistilledCalculator(student(size), device="cpu", **options)
 
 
@@ -63,7 +65,7 @@ def torchscript_calc(size, scratch):
     from ase_distilled.export import export_torchscript
 
     path = export_torchscript(student(size), Path(scratch) / f"{size}.pt")
-    return DistilledCalculator(str(path), device="cpu")
+    return DistilledCalculator(str(path), device="cpu", reuse_memory=REUSE_MEMORY)
 
 
 def schnetpack_calc(size, scratch):
@@ -336,8 +338,12 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--compile", action="store_true",
                         help="also measure torch.compile (minutes of compilation)")
+    parser.add_argument("--malloc-defaults", action="store_true",
+                        help="students do not raise glibc's mmap/trim thresholds")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
+    global REUSE_MEMORY
+    REUSE_MEMORY = not args.malloc_defaults
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
