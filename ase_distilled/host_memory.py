@@ -16,6 +16,7 @@ it back between calls, which is what a long MD run wants anyway.
 
 import ctypes
 import ctypes.util
+import functools
 import platform
 
 _M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
@@ -23,6 +24,12 @@ _M_MMAP_THRESHOLD = -3
 _LARGEST = 2**31 - 1  # mallopt takes an int: allocations above 2 GB still use mmap
 
 _applied = False
+
+
+@functools.cache
+def has_glibc() -> bool:
+    """Whether this process runs on glibc, whose ``mallopt`` settings this module uses."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 
 def reuse_freed_memory() -> bool:
@@ -38,7 +45,7 @@ def reuse_freed_memory() -> bool:
     global _applied
     if _applied:
         return True
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not has_glibc():
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     _applied = bool(libc.mallopt(_M_MMAP_THRESHOLD, _LARGEST)) and bool(

@@ -3,7 +3,6 @@
 Speed itself is measured in ``benchmarks/``, never asserted here.
 """
 
-import platform
 import subprocess
 import sys
 
@@ -17,6 +16,7 @@ from ase.md.verlet import VelocityVerlet
 from conftest import make_calc, make_student, molecules, periodic_cells, rattled
 
 from ase_distilled.batch import AtomsBatch
+from ase_distilled.host_memory import has_glibc
 from ase_distilled.neighbors import NeighborCache, neighbor_list
 
 
@@ -149,8 +149,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                    reason="the malloc setting exists in glibc only")
+@pytest.mark.skipif(not has_glibc(), reason="the malloc setting exists in glibc only")
 def test_cpu_calculator_makes_freed_memory_reusable():
     # With glibc's defaults anything above 32 MB is fresh mmap'd memory: 60 MB is
     # 14,600 page faults. Kept memory is reused without any.
