@@ -192,6 +192,10 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
     torch.testing.assert_close(_weights(out), _weights(tmp_path / "ref.pt"), rtol=0, atol=1e-6)
     torch.testing.assert_close(resumed.state_dict(), reference.state_dict(), rtol=0, atol=1e-6)
 
+    # Patience only decides when to stop: a finished run accepts another one.
+    _, again = train(train_atoms, val_atoms, quick_config(epochs=4, patience=1), out=out,
+                     resume=True)
+    assert again == history
     with pytest.raises(ValueError, match="settings differ.*lr"):
         train(train_atoms, val_atoms, quick_config(epochs=4, lr=1e-4), out=out, resume=True)
     with pytest.raises(ValueError, match="structures differ"):

@@ -98,8 +98,9 @@ class TrainConfig:
     progress: bool = True
 
     # Settings that may change between an interrupted run and its resumption
-    # without changing the numbers it produces.
-    RESUMABLE_CHANGES = ("max_time", "device", "num_workers", "progress")
+    # without changing the numbers it produces (patience and max_time only decide
+    # when to stop).
+    RESUMABLE_CHANGES = ("max_time", "patience", "device", "num_workers", "progress")
 
     def __post_init__(self):
         if self.dtype not in ("float32", "float64"):
