@@ -73,7 +73,7 @@ def render_model_card(name: str, model) -> str:
         f"lr {training.get('lr')}, loss weights energy {training.get('energy_weight')} / "
         f"forces {training.get('forces_weight')}, EMA {training.get('ema_decay')}, "
         f"force loss {training.get('force_loss', 'mse')}, seed {training.get('seed')}. "
-        + _fine_tuned_from(training) + "Recipe: `train/` in the source repository.",
+        + _lineage(training) + "Recipe: `train/` in the source repository.",
         "",
         "## Limits",
         "- Isolated, neutral, closed-shell molecules only (the teacher saw no charges, radicals, "
@@ -86,13 +86,16 @@ def render_model_card(name: str, model) -> str:
     return "\n".join(lines)
 
 
-def _fine_tuned_from(training: dict) -> str:
-    """A sentence on the student this one was fine-tuned from, if any."""
-    earlier = training.get("init_training")
-    if not earlier:
+def _lineage(training: dict) -> str:
+    """A sentence on the rounds of fine-tuning that led to this student, oldest first."""
+    rounds = [training]
+    while rounds[-1].get("init_training"):
+        rounds.append(rounds[-1]["init_training"])
+    if len(rounds) == 1:
         return ""
-    data = training.get("init_data") or {}
-    counts = ", ".join(f"{data[key]} {key}" for key in ("molecules", "structures") if key in data)
-    return (f"Fine-tuned from a student trained {earlier.get('epochs_completed')} epochs"
-            f"{f' on {counts}' if counts else ''} (force loss "
-            f"{earlier.get('force_loss', 'mse')}). ")
+    earlier = ", ".join(f"{r.get('epochs_completed')} epochs (force loss "
+                        f"{r.get('force_loss', 'mse')}, {r.get('train_structures')} training "
+                        f"structures)" for r in reversed(rounds[1:]))
+    total = sum(r.get("epochs_completed") or 0 for r in rounds)
+    return (f"Trained in {len(rounds)} rounds, each starting from the last: {earlier}, then "
+            f"this one: {total} epochs in all. ")

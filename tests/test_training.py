@@ -135,7 +135,7 @@ def test_reference_energies_scale_and_outputs(trained):
     assert paths["curve"].stat().st_size > 1000
 
 
-def test_fine_tuning_starts_from_the_given_student(trained):
+def test_fine_tuning_starts_from_the_given_student(trained, tmp_path):
     out, model, history = trained
     model, tuned = train(emt_data(16, 0), emt_data(6, 1),
                          quick_config(epochs=1, init_from=str(out)))
@@ -143,9 +143,23 @@ def test_fine_tuning_starts_from_the_given_student(trained):
     best = min(history[1:], key=lambda h: h["val_force_mae"])
     assert tuned[0]["val_force_mae"] == pytest.approx(best["val_force_mae"], rel=1e-5)
     assert model.metadata["training"]["init_training"]["epochs_completed"] == 8
+    # A restart at a high learning rate makes epoch 1 worse than the start; early
+    # stopping counts from the epochs trained, so patience 1 does not end it there.
+    restarted_out = tmp_path / "restarted.pt"
+    _, restarted = train(emt_data(16, 0), emt_data(6, 1), quick_config(
+        epochs=2, lr=3e-2, patience=1, init_from=str(out)), out=restarted_out)
+    assert restarted[1]["val_force_mae"] > restarted[0]["val_force_mae"]
+    assert [h["epoch"] for h in restarted] == [0, 1, 2]
+    assert trainer_module._epochs_since_best(
+        [{"val_force_mae": m} for m in (0.1, 0.3, 0.2, 0.25, 0.2)]) == 2
     from ase_distilled.model_card import render_model_card
 
-    assert "Fine-tuned from a student trained 8 epochs" in render_model_card("tuned", model)
+    # The card tells the whole lineage, oldest round first.
+    third, _ = train(emt_data(4, 0), emt_data(2, 1),
+                     quick_config(epochs=1, init_from=str(restarted_out)))
+    assert ("Trained in 3 rounds, each starting from the last: 8 epochs (force loss mse, 16 "
+            "training structures), 2 epochs (force loss mse, 16 training structures), then "
+            "this one: 11 epochs in all.") in render_model_card("third", third)
     # The starting student fixes the architecture, whatever the settings say.
     other, _ = train(emt_data(4, 0), emt_data(2, 1), quick_config(
         size="tiny", cutoff=5.0, elements=None, epochs=1, init_from=str(out)))

@@ -93,13 +93,8 @@ def train_student(work: Path, size: str, max_time=None, epochs=None, init=None):
     from ase_distilled.training import TrainConfig
     from ase_distilled.training.workflow import train_from_file
 
-    # A fine-tune (--init) restarts the cosine schedule at its peak learning rate, which
-    # makes validation worse for its first epochs by design: early stopping would end it
-    # there (ultra-tiny, round 5: stopped after 6 of 24 epochs). The best epoch is still
-    # the one kept. (A None override keeps the file's value.)
     config = TrainConfig.from_toml(HERE / "configs" / f"{size}.toml", max_time=max_time,
                                    epochs=epochs, init_from=init and str(init),
-                                   patience=0 if init else None,
                                    split_key="scaffold", split_fractions=[0.9, 0.1, 0.0])
     out = work / f"{size}.pt"
     return train_from_file(work / "train.h5", out, config,

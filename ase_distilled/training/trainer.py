@@ -169,6 +169,18 @@ def evaluate(model, data, batch_size: int = 32) -> dict:
     return energy_force_metrics(*(np.concatenate(parts[key]) for key in parts))
 
 
+def _epochs_since_best(history: list) -> int:
+    """Epochs trained since the best validation force MAE of the epochs trained so far.
+
+    Epoch 0, the starting weights, is no baseline for early stopping (it may still
+    be the best student kept): a fine-tune restarts at the peak learning rate, which
+    makes its first epochs worse than its start by design (ultra-tiny, round 5:
+    stopped after 6 of 24 epochs when it was one).
+    """
+    trained = [record["val_force_mae"] for record in history[1:]]
+    return len(trained) - 1 - trained.index(min(trained)) if trained else 0
+
+
 def _warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -266,7 +278,7 @@ class _Run:
             _warmup_cosine, warmup=warmup, total=total, floor=config.min_lr_ratio))
         self.weights = {"energy": config.energy_weight, "forces": config.forces_weight,
                         "stress": config.stress_weight, "hessian": config.hessian_weight}
-        self.epoch, self.bad_epochs, self.history = 0, 0, []
+        self.epoch, self.history = 0, []
         self.best_model, self.best_epoch, self.best_metrics = copy.deepcopy(self.ema.module), 0, {}
         self.fingerprint = _fingerprint(train_set, val_set)
 
@@ -274,10 +286,9 @@ class _Run:
         return {"config": self.config.to_dict(), "fingerprint": self.fingerprint,
                 "epoch": self.epoch, "model": self.model.state_dict(),
                 "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "bad_epochs": self.bad_epochs,
-                "history": self.history, "best_epoch": self.best_epoch,
-                "best_metrics": self.best_metrics, "best_model": self.best_model.state_dict(),
-                "rng": torch.get_rng_state()}
+                "scheduler": self.scheduler.state_dict(), "history": self.history,
+                "best_epoch": self.best_epoch, "best_metrics": self.best_metrics,
+                "best_model": self.best_model.state_dict(), "rng": torch.get_rng_state()}
 
     def load_state_dict(self, state: dict, path):
         changed = {key: (value, getattr(self.config, key)) for key, value in state["config"].items()
@@ -297,9 +308,8 @@ class _Run:
         self.best_model.load_state_dict(state["best_model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.epoch, self.bad_epochs = state["epoch"], state["bad_epochs"]
-        self.history, self.best_epoch = state["history"], state["best_epoch"]
-        self.best_metrics = state["best_metrics"]
+        self.epoch, self.history = state["epoch"], state["history"]
+        self.best_epoch, self.best_metrics = state["best_epoch"], state["best_metrics"]
         torch.set_rng_state(state["rng"].cpu())
 
     def train_epoch(self, progress) -> dict:
@@ -394,7 +404,7 @@ def train(train_atoms, val_atoms, config: TrainConfig | None = None, out=None,
     progress = _progress_bar(config.progress and run.rank == 0)
     start, stop_reason = time.monotonic(), "completed"
     while run.epoch < config.epochs:
-        if config.patience and run.bad_epochs >= config.patience:
+        if config.patience and _epochs_since_best(run.history) >= config.patience:
             stop_reason = "early_stopping"
             break
         began = time.monotonic()
@@ -407,9 +417,7 @@ def train(train_atoms, val_atoms, config: TrainConfig | None = None, out=None,
         run.history.append(record)
         if record["val_force_mae"] < run.best_metrics["val_force_mae"]:
             run.best_model.load_state_dict(run.ema.module.state_dict())
-            run.best_epoch, run.best_metrics, run.bad_epochs = run.epoch, record, 0
-        else:
-            run.bad_epochs += 1
+            run.best_epoch, run.best_metrics = run.epoch, record
         if writer:
             _atomic_save(run.state_dict(), paths["state"])
             save_checkpoint(run.best_model, paths["student"],
