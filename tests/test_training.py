@@ -26,6 +26,7 @@ from ase_distilled.training import (
     LabelledDataset,
     TrainConfig,
     collate,
+    evaluate,
     output_paths,
     teacher_hessian_rows,
     train,
@@ -221,7 +222,8 @@ def _distributed_worker(rank, world, rendezvous, out, train_atoms, val_atoms):
     torch.distributed.init_process_group("gloo", init_method=f"file://{rendezvous}",
                                          rank=rank, world_size=world)
     try:
-        model, history = train(train_atoms, val_atoms, quick_config(epochs=4), out=out)
+        model, history = train(train_atoms, val_atoms,
+                               quick_config(epochs=4, val_group_key="source"), out=out)
         torch.save({"state": model.state_dict(), "history": history},
                    Path(out).with_name(f"rank{rank}.pt"))
     finally:
@@ -230,9 +232,12 @@ def _distributed_worker(rank, world, rendezvous, out, train_atoms, val_atoms):
 
 def test_two_process_gloo_run(tmp_path):
     out = tmp_path / "ddp.pt"
+    val_atoms = emt_data(3, 5)
+    for k, atoms in enumerate(val_atoms):
+        atoms.info["source"] = "even" if k % 2 == 0 else "odd"
     torch.multiprocessing.spawn(
         _distributed_worker, nprocs=2,
-        args=(2, tmp_path / "rendezvous", str(out), emt_data(12, 4), emt_data(3, 5)))
+        args=(2, tmp_path / "rendezvous", str(out), emt_data(12, 4), val_atoms))
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for key, value in ranks[0]["state"].items():
         assert torch.equal(value, ranks[1]["state"][key]), key
@@ -244,9 +249,15 @@ def test_two_process_gloo_run(tmp_path):
     metadata = load_checkpoint(out).metadata  # written by rank 0
     assert metadata["training"]["world_size"] == 2
     assert not Path(tmp_path / "ddp.pt.tmp").exists()
+    # Each group's validation figures, gathered from both ranks, are those of the
+    # saved student evaluated on that group alone in one process.
+    student = load_checkpoint(out)
+    for label, members in (("even", val_atoms[0::2]), ("odd", val_atoms[1::2])):
+        expected = evaluate(student, members)
+        assert metadata["metrics"]["val"]["by_group"][label] == pytest.approx(expected, rel=1e-5)
 
 
-def test_missing_forces_and_excluded_elements_are_clear_errors():
+def test_missing_labels_and_excluded_elements_are_clear_errors():
     good = emt_data(2, 6)
     no_forces = good[0].copy()
     no_forces.calc = SinglePointCalculator(no_forces, energy=-1.0)
@@ -257,6 +268,8 @@ def test_missing_forces_and_excluded_elements_are_clear_errors():
         LabelledDataset([Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 2.5]])], 5.0)
     with pytest.raises(ValueError, match=r"contains \['Al'\].*excludes.*elements = \['Cu'\]"):
         train(good, good, quick_config(elements=["Cu"]))
+    with pytest.raises(ValueError, match=r"2 validation structures .* no atoms.info\['source'\]"):
+        train(good, good, quick_config(val_group_key="source"))
 
 
 def test_config_from_toml(tmp_path):

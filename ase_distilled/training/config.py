@@ -59,6 +59,11 @@ class TrainConfig:
         ``atoms.info`` key grouping structures for the train/val/test split.
     split_fractions : list of float
         Train, validation and test fractions.
+    val_group_key : str, optional
+        ``atoms.info`` key (e.g. ``"source"``: at rest, rattled, MD): the metrics
+        log also gives the validation metrics of each of its values
+        (``val_by_group``). Reporting only; the best epoch is chosen on the pooled
+        force MAE.
     max_time : float, optional
         Wall-clock budget in minutes; training stops after the epoch that would
         overrun it, with a resumable state on disk.
@@ -93,6 +98,7 @@ class TrainConfig:
     seed: int = 0
     split_key: str = "molecule"
     split_fractions: list = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    val_group_key: str | None = None
     max_time: float | None = None
     dtype: str = "float32"
     device: str | None = None
@@ -101,8 +107,9 @@ class TrainConfig:
 
     # Settings that may change between an interrupted run and its resumption
     # without changing the numbers it produces (patience and max_time only decide
-    # when to stop).
-    RESUMABLE_CHANGES = ("max_time", "patience", "device", "num_workers", "progress")
+    # when to stop, val_group_key only adds figures to the log).
+    RESUMABLE_CHANGES = ("max_time", "patience", "device", "num_workers", "progress",
+                         "val_group_key")
 
     def __post_init__(self):
         if self.dtype not in ("float32", "float64"):

@@ -127,7 +127,7 @@ def starting_student(config: TrainConfig):
     return trained, adopted
 
 
-def evaluate(model, data, batch_size: int = 32) -> dict:
+def evaluate(model, data, batch_size: int = 32, groups=None) -> dict:
     """Energy and force metrics of ``model`` on labelled structures.
 
     Under ``torch.distributed`` each rank evaluates a shard and all ranks get
@@ -138,6 +138,9 @@ def evaluate(model, data, batch_size: int = 32) -> dict:
     model : PaiNN
     data : LabelledDataset or list of ase.Atoms
     batch_size : int
+    groups : sequence of str, optional
+        One label per structure (e.g. how it was sampled): the metrics of each
+        group are added under ``"by_group"``.
 
     Returns
     -------
@@ -154,6 +157,7 @@ def evaluate(model, data, batch_size: int = 32) -> dict:
     model.eval()
     parts = {key: [] for key in ("energy", "energy_ref", "num_atoms", "forces", "forces_ref")}
     shard = Subset(data, range(rank, len(data), world))
+    parts["group"] = [] if groups is None else [np.asarray(groups, dtype=str)[shard.indices]]
     for sample in DataLoader(shard, batch_size=batch_size, collate_fn=collate):
         batch, edge_index, shifts, targets = to_device(sample, parameter.device, parameter.dtype)
         out = model.predict(batch, edge_index, shifts)
@@ -166,7 +170,31 @@ def evaluate(model, data, batch_size: int = 32) -> dict:
         gathered = [None] * world
         dist.all_gather_object(gathered, parts)
         parts = {key: [a for p in gathered for a in p[key]] for key in parts}
-    return energy_force_metrics(*(np.concatenate(parts[key]) for key in parts))
+    energy, energy_ref, num_atoms, forces, forces_ref = (
+        np.concatenate(parts[key]) for key in ("energy", "energy_ref", "num_atoms", "forces",
+                                               "forces_ref"))
+    metrics = energy_force_metrics(energy, energy_ref, num_atoms, forces, forces_ref)
+    if groups is not None:
+        group = np.concatenate(parts["group"])
+        atom_group = np.repeat(group, num_atoms.astype(int))
+        metrics["by_group"] = {
+            label: energy_force_metrics(energy[group == label], energy_ref[group == label],
+                                        num_atoms[group == label], forces[atom_group == label],
+                                        forces_ref[atom_group == label])
+            for label in np.unique(group).tolist()}
+    return metrics
+
+
+def _groups(atoms_list, key):
+    """``atoms.info[key]`` of every structure, or None without a key."""
+    if key is None:
+        return None
+    missing = [k for k, atoms in enumerate(atoms_list) if key not in atoms.info]
+    if missing:
+        raise ValueError(f"val_group_key is {key!r}, but {len(missing)} validation structures "
+                         f"(the first: #{missing[0]}) have no atoms.info[{key!r}]; label them or "
+                         f"leave val_group_key unset.")
+    return [str(atoms.info[key]) for atoms in atoms_list]
 
 
 def _epochs_since_best(history: list) -> int:
@@ -248,8 +276,10 @@ def plot_learning_curve(history, path):
 class _Run:
     """State of one training run, saved and restored as a whole."""
 
-    def __init__(self, train_set, val_set, config: TrainConfig, device, dtype, start=None):
+    def __init__(self, train_set, val_set, config: TrainConfig, device, dtype, start=None,
+                 val_groups=None):
         self.config, self.train_set, self.val_set = config, train_set, val_set
+        self.val_groups = val_groups
         self.rank, self.world = rank_and_world()
         torch.manual_seed(config.seed)
         elements = config.elements or train_set.elements
@@ -340,8 +370,8 @@ class _Run:
                 if name == "total" or self.weights[name] > 0}
 
     def validate(self) -> dict:
-        return {f"val_{k}": v for k, v in
-                evaluate(self.ema.module, self.val_set, self.config.batch_size).items()}
+        return {f"val_{k}": v for k, v in evaluate(self.ema.module, self.val_set,
+                                                   self.config.batch_size, self.val_groups).items()}
 
 
 def train(train_atoms, val_atoms, config: TrainConfig | None = None, out=None,
@@ -385,7 +415,8 @@ def train(train_atoms, val_atoms, config: TrainConfig | None = None, out=None,
                          f"set (got {len(train_set)} and {len(val_atoms)}); use more data or "
                          f"other split fractions.")
     val_set = LabelledDataset(val_atoms, config.cutoff, config.elements or train_set.elements)
-    run = _Run(train_set, val_set, config, device, getattr(torch, config.dtype), start)
+    run = _Run(train_set, val_set, config, device, getattr(torch, config.dtype), start,
+               _groups(val_atoms, config.val_group_key))
     paths = output_paths(out) if out is not None else None
     writer = run.rank == 0 and paths is not None
     if resume and paths is not None and paths["state"].is_file():
