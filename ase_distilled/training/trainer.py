@@ -202,8 +202,8 @@ def _epochs_since_best(history: list) -> int:
 
     Epoch 0, the starting weights, is no baseline for early stopping (it may still
     be the best student kept): a fine-tune restarts at the peak learning rate, which
-    makes its first epochs worse than its start by design (ultra-tiny, round 5:
-    stopped after 6 of 24 epochs when it was one).
+    makes its first epochs worse than its start by design (ultra-tiny's round 5
+    stopped after 6 of 24 epochs when epoch 0 still counted).
     """
     trained = [record["val_force_mae"] for record in history[1:]]
     return len(trained) - 1 - trained.index(min(trained)) if trained else 0
