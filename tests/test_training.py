@@ -145,14 +145,12 @@ def test_fine_tuning_starts_from_the_given_student(trained, tmp_path):
     assert tuned[0]["val_force_mae"] == pytest.approx(best["val_force_mae"], rel=1e-5)
     assert model.metadata["training"]["init_training"]["epochs_completed"] == 8
     # A restart at a high learning rate makes epoch 1 worse than the start; early
-    # stopping counts from the epochs trained, so patience 1 does not end it there.
+    # stopping waits until the start is beaten, so patience 1 does not end it there.
     restarted_out = tmp_path / "restarted.pt"
     _, restarted = train(emt_data(16, 0), emt_data(6, 1), quick_config(
         epochs=2, lr=3e-2, patience=1, init_from=str(out)), out=restarted_out)
     assert restarted[1]["val_force_mae"] > restarted[0]["val_force_mae"]
     assert [h["epoch"] for h in restarted] == [0, 1, 2]
-    assert trainer_module._epochs_since_best(
-        [{"val_force_mae": m} for m in (0.1, 0.3, 0.2, 0.25, 0.2)]) == 2
     from ase_distilled.model_card import render_model_card
 
     # The card tells the whole lineage, oldest round first.
@@ -165,6 +163,20 @@ def test_fine_tuning_starts_from_the_given_student(trained, tmp_path):
     other, _ = train(emt_data(4, 0), emt_data(2, 1), quick_config(
         size="tiny", cutoff=5.0, elements=None, epochs=1, init_from=str(out)))
     assert other.config == model.config and other.metadata["training"]["size"] == "ultra-tiny"
+
+
+@pytest.mark.parametrize("maes, epochs_run, reason", [
+    ((0.5, 0.4, 0.45, 0.46, 0.3), 3, "early_stopping"),  # stalls after epoch 1
+    ((0.5, 0.6, 0.7, 0.65, 0.4), 4, "completed"),  # a fine-tune's restart hump
+])
+def test_early_stopping_waits_until_the_start_is_beaten(monkeypatch, maes, epochs_run, reason):
+    scripted = iter(maes)
+    monkeypatch.setattr(trainer_module._Run, "validate",
+                        lambda self: {"val_force_mae": next(scripted)})
+    model, history = train(emt_data(4, 0), emt_data(2, 1), quick_config(epochs=4, patience=2))
+    assert [h["epoch"] for h in history] == list(range(epochs_run + 1))
+    assert model.metadata["training"]["stop_reason"] == reason
+    assert model.metadata["training"]["best_epoch"] == (1 if reason == "early_stopping" else 4)
 
 
 def _weights(path):

@@ -36,9 +36,9 @@ class TrainConfig:
     grad_clip : float
         Maximum gradient norm; 0 disables clipping.
     patience : int
-        Stop after this many epochs without a better validation force MAE than the
-        best epoch trained so far (the starting weights, epoch 0, do not count, so a
-        fine-tune is not stopped by its restart); 0 never stops early.
+        Stop after this many epochs without a better validation force MAE, once an
+        epoch has beaten the starting weights (so a fine-tune is not stopped while it
+        recovers from its restart at the peak learning rate); 0 never stops early.
     energy_weight, forces_weight, stress_weight, hessian_weight : float
         Loss weights: per-atom energy, force components, stress (3-D periodic
         structures that carry one), and Hessian rows (structures that carry

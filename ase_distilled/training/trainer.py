@@ -197,18 +197,6 @@ def _groups(atoms_list, key):
     return [str(atoms.info[key]) for atoms in atoms_list]
 
 
-def _epochs_since_best(history: list) -> int:
-    """Epochs trained since the best validation force MAE of the epochs trained so far.
-
-    Epoch 0, the starting weights, is no baseline for early stopping (it may still
-    be the best student kept): a fine-tune restarts at the peak learning rate, which
-    makes its first epochs worse than its start by design (ultra-tiny's round 5
-    stopped after 6 of 24 epochs when epoch 0 still counted).
-    """
-    trained = [record["val_force_mae"] for record in history[1:]]
-    return len(trained) - 1 - trained.index(min(trained)) if trained else 0
-
-
 def _warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -435,7 +423,12 @@ def train(train_atoms, val_atoms, config: TrainConfig | None = None, out=None,
     progress = _progress_bar(config.progress and run.rank == 0)
     start, stop_reason = time.monotonic(), "completed"
     while run.epoch < config.epochs:
-        if config.patience and _epochs_since_best(run.history) >= config.patience:
+        # No early stop while the starting weights (epoch 0) are still the best: a
+        # fine-tune restarts at the peak learning rate, which makes validation worse
+        # than its start for several epochs by design (ultra-tiny's round 5 was
+        # stopped there). From random weights, epoch 1 beats the start at once.
+        if (config.patience and run.best_epoch > 0
+                and run.epoch - run.best_epoch >= config.patience):
             stop_reason = "early_stopping"
             break
         began = time.monotonic()
