@@ -72,7 +72,8 @@ def render_model_card(name: str, model) -> str:
         f"batch {training.get('batch_size')}, "
         f"lr {training.get('lr')}, loss weights energy {training.get('energy_weight')} / "
         f"forces {training.get('forces_weight')}, EMA {training.get('ema_decay')}, "
-        f"force loss {training.get('force_loss', 'mse')}, seed {training.get('seed')}. "
+        f"force loss {training.get('force_loss', 'mse')}{_weighting(training)}, "
+        f"seed {training.get('seed')}. "
         + _lineage(training) + "Recipe: `train/` in the source repository.",
         "",
         "## Limits",
@@ -84,6 +85,17 @@ def render_model_card(name: str, model) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _weighting(training: dict) -> str:
+    """Structure weights and the group choosing the best epoch, where the run set them."""
+    text = ""
+    if training.get("group_weights"):
+        text += f", structure weights {training['group_weights']} by {training['val_group_key']}"
+    if training.get("select_group"):
+        text += (f", best epoch by the validation force MAE of {training['select_group']!r} "
+                 f"structures")
+    return text
 
 
 def _lineage(training: dict) -> str:

@@ -25,7 +25,8 @@ def test_recipe_distils_from_random_orb_end_to_end(tmp_path):
     recipe("molecules", "--train-molecules", "8", "--test-molecules", "2")  # >= 1 val scaffold
     orb = ["--teacher", "orb-v3-direct-20-omat", "--weights", "random"]
     recipe("label", *orb)
-    recipe("train", "--size", "ultra-tiny", "--epochs", "1", *orb)  # `student` = train + evaluate
+    # `student` is `train` then `evaluate`.
+    recipe("train", "--size", "ultra-tiny", "--epochs", "1", "--lr", "1e-3", *orb)
     recipe("evaluate", "--size", "ultra-tiny", "--md-ps", "0.005", "--nve-ps", "0.005",
            "--no-ship", *orb)
 
@@ -38,5 +39,7 @@ def test_recipe_distils_from_random_orb_end_to_end(tmp_path):
     assert {"all", "conformer", "rattle:0.02", "rattle:0.05"} <= set(
         meta["metrics"]["test_by_level"])
     assert meta["metrics"]["val"]["force_mae"] > 0  # training's validation figures are kept
+    assert meta["training"]["lr"] == 1e-3
+    assert meta["training"]["group_weights"] == {"conformer": 3.0}  # configs/ultra-tiny.toml
     assert len(meta["md"]["nvt"]) == 2
     assert meta["speed"]["teacher_ms"] > 0

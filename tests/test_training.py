@@ -1,5 +1,6 @@
 """Training: real learning, exact resume, 2-process gloo, checkpoint metadata, bad data."""
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -179,6 +180,34 @@ def test_early_stopping_waits_until_the_start_is_beaten(monkeypatch, maes, epoch
     assert model.metadata["training"]["best_epoch"] == (1 if reason == "early_stopping" else 4)
 
 
+def test_select_group_chooses_the_best_epoch_on_its_structures_alone(monkeypatch):
+    from ase_distilled.model_card import render_model_card
+
+    # Pooled MAE falls every epoch, the structures at rest are best after epoch 2.
+    # The last pair is the epoch 0 of the run with an unknown select_group.
+    scripted = iter([(0.5, 0.10), (0.4, 0.09), (0.3, 0.07), (0.2, 0.08), (0.5, 0.10)])
+
+    def validate(self):
+        pooled, at_rest = next(scripted)
+        return {"val_force_mae": pooled, "val_by_group": {"conformer": {"force_mae": at_rest}}}
+
+    monkeypatch.setattr(trainer_module._Run, "validate", validate)
+    data, val = emt_data(4, 0), emt_data(2, 1)
+    for atoms in data + val:
+        atoms.info["source"] = "conformer"
+    config = quick_config(epochs=3, val_group_key="source", select_group="conformer")
+    model, _ = train(data, val, config)
+    assert model.metadata["training"]["best_epoch"] == 2
+    assert model.metadata["metrics"]["val"]["by_group"]["conformer"]["force_mae"] == 0.07
+    assert ("best epoch by the validation force MAE of 'conformer' structures"
+            in render_model_card("student", model))
+    with pytest.raises(ValueError, match=r"select_group is 'rattle', but no validation "
+                                         r"structure has it.*present: \['conformer'\]"):
+        train(data, val, dataclasses.replace(config, select_group="rattle"))
+    with pytest.raises(ValueError, match="select_group names groups of val_group_key"):
+        quick_config(select_group="conformer")
+
+
 def _weights(path):
     return load_checkpoint(path).state_dict()
 
@@ -282,6 +311,13 @@ def test_missing_labels_and_excluded_elements_are_clear_errors():
         train(good, good, quick_config(elements=["Cu"]))
     with pytest.raises(ValueError, match=r"2 validation structures .* no atoms.info\['source'\]"):
         train(good, good, quick_config(val_group_key="source"))
+    with pytest.raises(ValueError, match="group_weights names groups of val_group_key, which is"):
+        quick_config(group_weights={"conformer": 3.0})
+    for atoms in good:
+        atoms.info["source"] = "rattle"
+    with pytest.raises(ValueError, match=r"group_weights names \['conformer'\], which no "
+                                         r"training structure has.*present: \['rattle'\]"):
+        train(good, good, quick_config(val_group_key="source", group_weights={"conformer": 3.0}))
 
 
 def test_config_from_toml(tmp_path):
@@ -344,6 +380,13 @@ def test_relative_force_loss_weighs_each_structure_by_its_own_forces():
     errors = np.concatenate([a / (1 + a) * atoms.get_forces()
                              for atoms, a in zip(structures, (1.0, 9.0))])
     assert float(mse) == pytest.approx(np.mean(errors ** 2) / float(model.scale) ** 2, rel=1e-6)
+    # Structure weights (group_weights): a weighted mean over the structures' atoms.
+    targets["weight"] = torch.tensor([3.0, 0.5], dtype=torch.float64)
+    weighted = loss_terms(model, batch, edge_index, shifts, targets, weights,
+                          force_loss="relative")["forces"]
+    expected = np.average([r * m / (m + 0.1 ** 2) for r, m in zip((0.25, 0.81), squared)],
+                          weights=[w * len(atoms) for w, atoms in zip((3.0, 0.5), structures)])
+    assert float(weighted) == pytest.approx(expected, rel=1e-6)
     with pytest.raises(ValueError, match="force_loss must be one of"):
         TrainConfig(force_loss="huber")
 

@@ -88,13 +88,13 @@ def merge_shards(work: Path):
             print(part, merge(shards, work / f"{part}.h5"))
 
 
-def train_student(work: Path, size: str, max_time=None, epochs=None, init=None):
+def train_student(work: Path, size: str, max_time=None, epochs=None, init=None, lr=None):
     """Train on ``train.h5`` (validation: 10 % of its scaffolds), resuming if interrupted."""
     from ase_distilled.training import TrainConfig
     from ase_distilled.training.workflow import train_from_file
 
     config = TrainConfig.from_toml(HERE / "configs" / f"{size}.toml", max_time=max_time,
-                                   epochs=epochs, init_from=init and str(init),
+                                   epochs=epochs, lr=lr, init_from=init and str(init),
                                    split_key="scaffold", split_fractions=[0.9, 0.1, 0.0])
     out = work / f"{size}.pt"
     return train_from_file(work / "train.h5", out, config,
@@ -252,6 +252,7 @@ def main(argv=None):
     parser.add_argument("--max-time", type=float, help="training budget in minutes")
     parser.add_argument("--epochs", type=int, help="override the config's epochs")
     parser.add_argument("--init", type=Path, help="fine-tune this student checkpoint")
+    parser.add_argument("--lr", type=float, help="override the config's peak learning rate")
     parser.add_argument("--md-ps", type=float, default=10.0, help="NVT ps per test molecule")
     parser.add_argument("--nve-ps", type=float, default=2.0, help="NVE ps per test molecule")
     parser.add_argument("--no-ship", action="store_true",
@@ -271,7 +272,8 @@ def main(argv=None):
         if args.stage == "evaluate":
             model = load_checkpoint(args.work / f"{args.size}.pt")
         else:
-            model = train_student(args.work, args.size, args.max_time, args.epochs, args.init)
+            model = train_student(args.work, args.size, args.max_time, args.epochs, args.init,
+                                  args.lr)
         if args.stage != "train":
             finish_student(args.work, model, args.size, args.teacher, args.weights, args.md_ps,
                            args.nve_ps, ship=not args.no_ship)

@@ -36,9 +36,10 @@ class TrainConfig:
     grad_clip : float
         Maximum gradient norm; 0 disables clipping.
     patience : int
-        Stop after this many epochs without a better validation force MAE, once an
-        epoch has beaten the starting weights (so a fine-tune is not stopped while it
-        recovers from its restart at the peak learning rate); 0 never stops early.
+        Stop after this many epochs without a better validation force MAE (see
+        ``select_group``), once an epoch has beaten the starting weights (so a
+        fine-tune is not stopped while it recovers from its restart at the peak
+        learning rate); 0 never stops early.
     energy_weight, forces_weight, stress_weight, hessian_weight : float
         Loss weights: per-atom energy, force components, stress (3-D periodic
         structures that carry one), and Hessian rows (structures that carry
@@ -62,8 +63,15 @@ class TrainConfig:
     val_group_key : str, optional
         ``atoms.info`` key (e.g. ``"source"``: at rest, rattled, MD): the metrics
         log also gives the validation metrics of each of its values
-        (``val_by_group``). Reporting only; the best epoch is chosen on the pooled
-        force MAE.
+        (``val_by_group``).
+    select_group : str, optional
+        A ``val_group_key`` value (e.g. ``"conformer"``): the best epoch and early
+        stopping follow the validation force MAE of its structures alone, instead
+        of all validation structures (whose pooled MAE the most distorted ones rule).
+    group_weights : dict, optional
+        Loss weight of the training structures of each ``val_group_key`` value,
+        e.g. ``{"conformer": 3.0}`` to weigh structures at rest three times;
+        values not named weigh 1.
     max_time : float, optional
         Wall-clock budget in minutes; training stops after the epoch that would
         overrun it, with a resumable state on disk.
@@ -99,6 +107,8 @@ class TrainConfig:
     split_key: str = "molecule"
     split_fractions: list = field(default_factory=lambda: [0.8, 0.1, 0.1])
     val_group_key: str | None = None
+    group_weights: dict | None = None
+    select_group: str | None = None
     max_time: float | None = None
     dtype: str = "float32"
     device: str | None = None
@@ -120,6 +130,12 @@ class TrainConfig:
         if self.force_loss not in FORCE_LOSSES:
             raise ValueError(f"force_loss must be one of {FORCE_LOSSES}, got "
                              f"{self.force_loss!r}.")
+        for name in ("group_weights", "select_group"):
+            if getattr(self, name) and self.val_group_key is None:
+                raise ValueError(f"{name} names groups of val_group_key, which is unset; "
+                                 f"set val_group_key (e.g. \"source\") or drop {name}.")
+        if self.group_weights and min(self.group_weights.values()) < 0:
+            raise ValueError(f"group_weights must be >= 0, got {self.group_weights}.")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")

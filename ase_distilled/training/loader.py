@@ -76,13 +76,20 @@ class LabelledDataset(torch.utils.data.Dataset):
         Neighbour-list radius in Å (the model's cutoff).
     elements : sequence of str, optional
         Allowed elements; structures with others raise ``ValueError``.
+    weights : sequence of float, optional
+        Each structure's weight in the loss (default 1 each).
     """
 
-    def __init__(self, atoms_list, cutoff: float, elements=None):
+    def __init__(self, atoms_list, cutoff: float, elements=None, weights=None):
         atoms_list = list(atoms_list)
         if elements is not None:
             check_elements(atoms_list, elements)
         self.items = [self._prepare(k, atoms, cutoff) for k, atoms in enumerate(atoms_list)]
+        weights = [1.0] * len(self.items) if weights is None else list(weights)
+        if len(weights) != len(self.items):
+            raise ValueError(f"Got {len(weights)} loss weights for {len(self.items)} structures.")
+        for item, weight in zip(self.items, weights):
+            item["weight"] = float(weight)
 
     @staticmethod
     def _prepare(k, atoms, cutoff) -> dict:
@@ -130,7 +137,8 @@ def collate(items):
     shifts : (E, 3) tensor
     targets : dict
         ``energy`` (B,), ``forces`` (N, 3), ``stress`` (B, 3, 3) with
-        ``stress_mask`` (B,) bool, and when any item has Hessian rows,
+        ``stress_mask`` (B,) bool, ``weight`` (B,) the structures' loss weights, and
+        when any item has Hessian rows,
         ``hessian_index`` (B, R) global coordinate indices (-1 where absent) with
         ``hessian_rows`` (R, N, 3).
     """
@@ -162,6 +170,7 @@ def collate(items):
         "stress": torch.from_numpy(np.stack([item.get("stress", np.zeros((3, 3)))
                                              for item in items])),
         "stress_mask": torch.from_numpy(stress_mask),
+        "weight": torch.tensor([item["weight"] for item in items], dtype=torch.float64),
     }
     rows = max(len(item.get("hessian_index", ())) for item in items)
     if rows:

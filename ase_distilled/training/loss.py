@@ -31,6 +31,8 @@ def loss_terms(model, batch, edge_index, shifts, targets, weights: dict,
         In training mode, so that forces keep their graph.
     batch, edge_index, shifts, targets
         From :func:`ase_distilled.training.loader.collate`, on the model's device.
+        ``targets["weight"]`` weighs each structure's energy and force errors (a
+        weighted mean: all ones give the plain mean).
     weights : dict
         ``energy``, ``forces``, ``stress`` and ``hessian`` weights; a zero stress
         or Hessian weight skips that term's computation.
@@ -49,6 +51,8 @@ def loss_terms(model, batch, edge_index, shifts, targets, weights: dict,
     with_stress = weights.get("stress", 0) > 0 and bool(stress_mask.any())
     out = model.predict(batch, edge_index, shifts, compute_stress=with_stress)
     num_atoms = batch.num_atoms.to(out["energy"].dtype)
+    weight = targets["weight"]
+    atom_weight = weight[batch.system]
     force_error = (out["forces"] - targets["forces"]) ** 2
     if force_loss == "relative":
         squared = (targets["forces"] ** 2).sum(dim=1)
@@ -58,9 +62,10 @@ def loss_terms(model, batch, edge_index, shifts, targets, weights: dict,
         force_error = force_error / norm
     else:
         raise ValueError(f"force_loss must be one of {FORCE_LOSSES}, got {force_loss!r}.")
+    energy_error = ((out["energy"] - targets["energy"]) / num_atoms) ** 2 / norm
     terms = {
-        "energy": torch.mean(((out["energy"] - targets["energy"]) / num_atoms) ** 2) / norm,
-        "forces": torch.mean(force_error),
+        "energy": torch.sum(weight * energy_error) / torch.sum(weight),
+        "forces": torch.sum(atom_weight * force_error.sum(dim=1)) / (3 * torch.sum(atom_weight)),
     }
     if with_stress:
         error = out["stress"][stress_mask] - targets["stress"][stress_mask]

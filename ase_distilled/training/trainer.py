@@ -185,16 +185,40 @@ def evaluate(model, data, batch_size: int = 32, groups=None) -> dict:
     return metrics
 
 
-def _groups(atoms_list, key):
+def _groups(atoms_list, key, part="validation"):
     """``atoms.info[key]`` of every structure, or None without a key."""
     if key is None:
         return None
     missing = [k for k, atoms in enumerate(atoms_list) if key not in atoms.info]
     if missing:
-        raise ValueError(f"val_group_key is {key!r}, but {len(missing)} validation structures "
+        raise ValueError(f"val_group_key is {key!r}, but {len(missing)} {part} structures "
                          f"(the first: #{missing[0]}) have no atoms.info[{key!r}]; label them or "
                          f"leave val_group_key unset.")
     return [str(atoms.info[key]) for atoms in atoms_list]
+
+
+def _loss_weights(atoms_list, config: TrainConfig):
+    """Each training structure's loss weight from ``config.group_weights`` (None: all 1)."""
+    if not config.group_weights:
+        return None
+    groups = _groups(atoms_list, config.val_group_key, "training")
+    unknown = sorted(set(config.group_weights) - set(groups))
+    if unknown:
+        raise ValueError(f"group_weights names {unknown}, which no training structure has as "
+                         f"atoms.info[{config.val_group_key!r}] (present: {sorted(set(groups))}).")
+    return [config.group_weights.get(group, 1.0) for group in groups]
+
+
+def _selection_mae(record: dict, config: TrainConfig) -> float:
+    """The validation force MAE that chooses the best epoch (see ``select_group``)."""
+    if config.select_group is None:
+        return record["val_force_mae"]
+    groups = record["val_by_group"]
+    if config.select_group not in groups:
+        raise ValueError(f"select_group is {config.select_group!r}, but no validation structure "
+                         f"has it as atoms.info[{config.val_group_key!r}] (present: "
+                         f"{sorted(groups)}).")
+    return groups[config.select_group]["force_mae"]
 
 
 def _warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
@@ -371,8 +395,8 @@ def train(train_atoms, val_atoms, config: TrainConfig | None = None, out=None,
     train_atoms, val_atoms : list of ase.Atoms
         Labelled structures (energy and forces in ``atoms.calc``; see
         :class:`~ase_distilled.training.loader.LabelledDataset`). The validation
-        set chooses the saved model (lowest force MAE of the EMA weights) and
-        drives early stopping.
+        set chooses the saved model (lowest force MAE of the EMA weights, on
+        the structures of ``config.select_group`` where set) and drives early stopping.
     config : TrainConfig, optional
     out : str or Path, optional
         Student checkpoint to write; a training state, a metrics log and a
@@ -397,7 +421,8 @@ def train(train_atoms, val_atoms, config: TrainConfig | None = None, out=None,
                               if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(config.device)
-    train_set = LabelledDataset(train_atoms, config.cutoff, config.elements)
+    train_set = LabelledDataset(train_atoms, config.cutoff, config.elements,
+                                _loss_weights(train_atoms, config))
     if len(train_set) == 0 or len(val_atoms) == 0:
         raise ValueError(f"Training needs structures in both the training and the validation "
                          f"set (got {len(train_set)} and {len(val_atoms)}); use more data or "
@@ -416,6 +441,7 @@ def train(train_atoms, val_atoms, config: TrainConfig | None = None, out=None,
     if not run.history:
         run.history.append({"epoch": 0, **run.validate()})
         run.best_metrics = run.history[0]
+        _selection_mae(run.best_metrics, config)  # an unknown select_group fails before training
     if writer:
         paths["log"].parent.mkdir(parents=True, exist_ok=True)
         paths["log"].write_text("".join(json.dumps(h) + "\n" for h in run.history))
@@ -439,7 +465,7 @@ def train(train_atoms, val_atoms, config: TrainConfig | None = None, out=None,
         run.epoch += 1
         record["seconds"] = time.monotonic() - began
         run.history.append(record)
-        if record["val_force_mae"] < run.best_metrics["val_force_mae"]:
+        if _selection_mae(record, config) < _selection_mae(run.best_metrics, config):
             run.best_model.load_state_dict(run.ema.module.state_dict())
             run.best_epoch, run.best_metrics = run.epoch, record
         if writer:
