@@ -53,7 +53,13 @@ def render_model_card(name: str, model) -> str:
     lines += [_force_row(level, m) for level, m in test.items()] or [
         f"| {NOT_MEASURED} | | | | | | |"]
     energy = meta.get("metrics", {}).get("test_energy_mae_per_atom")
-    lines += ["", f"Energy MAE per atom (pooled test): {_fmt(energy, '.4f')} eV/atom.", ""]
+    pairs = meta.get("metrics", {}).get("test_conformer_energy_difference")
+    lines += ["", f"Energy MAE per atom (pooled test): {_fmt(energy, '.4f')} eV/atom."]
+    if pairs:
+        lines.append(f"Energy difference between the two conformers of each of {pairs['pairs']} "
+                     f"test molecules: MAE {pairs['mae_meV']:.0f} meV against the teacher's "
+                     f"(whose differences average {pairs['teacher_mean_abs_meV']:.0f} meV).")
+    lines.append("")
     lines += ["## MD stability", md.get("summary", NOT_MEASURED), ""]
     lines += ["## Speed", speed.get("summary", NOT_MEASURED), ""]
     exports = meta.get("export", {})
@@ -91,7 +97,7 @@ def _weighting(training: dict) -> str:
     """Structure weights and the group choosing the best epoch, where the run set them."""
     text = ""
     if training.get("group_weights"):
-        text += f", structure weights {training['group_weights']} by {training['val_group_key']}"
+        text += f", structure weights {training['group_weights']}"
     if training.get("select_group"):
         text += (f", best epoch by the validation force MAE of {training['select_group']!r} "
                  f"structures")

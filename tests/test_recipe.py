@@ -31,6 +31,7 @@ def test_recipe_distils_from_random_orb_end_to_end(tmp_path):
            "--no-ship", *orb)
 
     from ase_distilled import load_checkpoint
+    from ase_distilled.model_card import render_model_card
 
     model = load_checkpoint(tmp_path / "ultra-tiny.evaluated.pt")
     meta = model.metadata
@@ -39,6 +40,10 @@ def test_recipe_distils_from_random_orb_end_to_end(tmp_path):
     assert {"all", "conformer", "rattle:0.02", "rattle:0.05"} <= set(
         meta["metrics"]["test_by_level"])
     assert meta["metrics"]["val"]["force_mae"] > 0  # training's validation figures are kept
+    pairs = meta["metrics"]["test_conformer_energy_difference"]
+    assert pairs["pairs"] >= 1 and pairs["mae_meV"] >= 0 and pairs["teacher_mean_abs_meV"] > 0
+    assert (f"the two conformers of each of {pairs['pairs']} test molecules: MAE "
+            in render_model_card("ultra-tiny", model))
     assert meta["training"]["lr"] == 1e-3
     assert meta["training"]["group_weights"] == {"conformer": 3.0}  # configs/ultra-tiny.toml
     assert len(meta["md"]["nvt"]) == 2

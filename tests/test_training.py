@@ -195,12 +195,13 @@ def test_select_group_chooses_the_best_epoch_on_its_structures_alone(monkeypatch
     data, val = emt_data(4, 0), emt_data(2, 1)
     for atoms in data + val:
         atoms.info["source"] = "conformer"
-    config = quick_config(epochs=3, val_group_key="source", select_group="conformer")
+    config = quick_config(epochs=3, val_group_key="source", select_group="conformer",
+                          group_weights={"conformer": 2.0})
     model, _ = train(data, val, config)
     assert model.metadata["training"]["best_epoch"] == 2
     assert model.metadata["metrics"]["val"]["by_group"]["conformer"]["force_mae"] == 0.07
-    assert ("best epoch by the validation force MAE of 'conformer' structures"
-            in render_model_card("student", model))
+    assert ("structure weights {'conformer': 2.0}, best epoch by the validation force MAE of "
+            "'conformer' structures" in render_model_card("student", model))
     with pytest.raises(ValueError, match=r"select_group is 'rattle', but no validation "
                                          r"structure has it.*present: \['conformer'\]"):
         train(data, val, dataclasses.replace(config, select_group="rattle"))

@@ -122,6 +122,7 @@ def evaluate_student(work: Path, model, md_ps: float, nve_ps: float, teacher: st
         mask = sources == level
         by_level[level] = force_metrics(report.forces[mask], report.reference_forces[mask])
 
+    conformer_energies = conformer_energy_differences(test, report)
     rest = [a for a in test if a.info["source"] == "conformer" and a.info["id"].endswith("/c00")]
     md_molecules = rest[:10]
     # Side by side, far apart: one force call per step for all ten molecules.
@@ -163,10 +164,32 @@ def evaluate_student(work: Path, model, md_ps: float, nve_ps: float, teacher: st
         f"{nvt[0]['steps_per_second']:.0f} steps/s (each step moves all {len(nvt)}).")
     return {"metrics": {"test_by_level": by_level,
                         "test_energy_mae_per_atom": report.metrics[
-                            "energy_mae_per_atom"]},
+                            "energy_mae_per_atom"],
+                        "test_conformer_energy_difference": conformer_energies},
             "md": {"nvt": nvt, "nve": nve, "summary": md_summary},
             "speed": {"student_ms": student_ms, "teacher_ms": teacher_ms,
                       "summary": speed_summary}}
+
+
+def conformer_energy_differences(test, report) -> dict:
+    """How well the student orders each test molecule's conformers by energy.
+
+    Per molecule with two conformers at rest: ``|dE_student - dE_teacher|``, with
+    ``dE`` the energy difference between its conformers (what conformer searches
+    and relative energies use, free of any per-molecule offset).
+    """
+    import numpy as np
+
+    pairs = {}
+    for k, atoms in enumerate(test):
+        if atoms.info["source"] == "conformer":
+            pairs.setdefault(atoms.info["molecule"], []).append(k)
+    pairs = [p for p in pairs.values() if len(p) == 2]
+    student = np.array([report.energy[b] - report.energy[a] for a, b in pairs])
+    teacher = np.array([report.reference_energy[b] - report.reference_energy[a]
+                        for a, b in pairs])
+    return {"pairs": len(pairs), "mae_meV": 1e3 * float(np.mean(np.abs(student - teacher))),
+            "teacher_mean_abs_meV": 1e3 * float(np.mean(np.abs(teacher)))}
 
 
 def index_summary(model) -> str:
