@@ -180,6 +180,14 @@ def test_early_stopping_waits_until_the_start_is_beaten(monkeypatch, maes, epoch
     assert model.metadata["training"]["best_epoch"] == (1 if reason == "early_stopping" else 4)
 
 
+@pytest.mark.parametrize("epochs, reason", [(2, "max_time"), (1, "completed")])
+def test_time_budget_stops_only_before_an_epoch_left_to_run(epochs, reason):
+    model, history = train(emt_data(4, 0), emt_data(2, 1),
+                           quick_config(epochs=epochs, max_time=1e-9))
+    assert len(history) == 2  # epoch 0 and the one epoch run
+    assert model.metadata["training"]["stop_reason"] == reason
+
+
 def test_select_group_chooses_the_best_epoch_on_its_structures_alone(monkeypatch):
     from ase_distilled.model_card import render_model_card
 

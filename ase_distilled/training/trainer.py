@@ -477,7 +477,8 @@ def train(train_atoms, val_atoms, config: TrainConfig | None = None, out=None,
         if run.rank == 0:
             logger.info("epoch %d: train loss %.4g, val force MAE %.4g eV/Å", run.epoch,
                         record["train_total"], record["val_force_mae"])
-        if config.max_time is not None and _out_of_time(start, record["seconds"], config):
+        if (config.max_time is not None and run.epoch < config.epochs
+                and _out_of_time(start, record["seconds"], config)):
             stop_reason = "max_time"
             break
 
