@@ -117,7 +117,8 @@ class TrainConfig:
 
     # Settings that may change between an interrupted run and its resumption
     # without changing the numbers it produces (patience and max_time only decide
-    # when to stop, val_group_key only adds figures to the log).
+    # when to stop, val_group_key adds figures to the log; group_weights and
+    # select_group, which name its groups, must stay as they were).
     RESUMABLE_CHANGES = ("max_time", "patience", "device", "num_workers", "progress",
                          "val_group_key")
 
