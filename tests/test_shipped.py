@@ -29,7 +29,7 @@ def test_student_matches_gfn2_xtb_on_displaced_paracetamol(name):
     student = calc.predict_batch([atoms])[0]["forces"]
     atoms.calc = get_teacher("gfn2-xtb")
     teacher = atoms.get_forces()
-    # Held-out figures at 0.05 Å are R² 0.997-0.998 and 3.0-3.5°; one molecule varies more.
+    # Held-out figures at 0.05 Å are R² 0.997-0.998 and 2.9-3.5°; one molecule varies more.
     assert r2(student, teacher) > 0.95
     assert mean_angle(student, teacher) < 15
 
