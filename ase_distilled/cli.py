@@ -251,6 +251,9 @@ def _add_label(subparsers):
                        metavar="Å", help="rattle amplitudes (default: %(default)s)")
     group.add_argument("--rattles", type=int, default=default.rattles,
                        help="rattled copies per amplitude (default: %(default)s)")
+    group.add_argument("--stretch", type=float, nargs="*", default=list(default.stretch),
+                       metavar="Å", help="lengthen one bond to hydrogen by each of these, "
+                                         "one copy each (default: none)")
     group.add_argument("--md-temperatures", type=float, nargs="*", metavar="K",
                        default=list(default.md_temperatures),
                        help="teacher-driven Langevin MD temperatures (default: none)")
@@ -277,8 +280,8 @@ def _run_label(args):
 
     sampling = Sampling(
         conformers=args.conformers, rattle=tuple(args.rattle), rattles=args.rattles,
-        md_temperatures=tuple(args.md_temperatures), md_frames=args.md_frames,
-        md_interval=args.md_interval, md_timestep=args.md_timestep,
+        stretch=tuple(args.stretch), md_temperatures=tuple(args.md_temperatures),
+        md_frames=args.md_frames, md_interval=args.md_interval, md_timestep=args.md_timestep,
         max_strain=args.max_strain, seed=args.seed)
     result = label(args.inputs, args.teacher, args.out, sampling=sampling, shard=args.shard,
                    bulk=args.bulk, limit=args.limit, weights=args.weights, device=args.device,
@@ -378,7 +381,8 @@ def _add_train(subparsers):
         description="Train a student on a labelled HDF5 dataset (split by group, EMA, "
                     "early stopping, checkpoint every epoch). Under torchrun, every process "
                     "trains on a shard.")
-    parser.add_argument("--data", required=True, help="labelled HDF5 dataset")
+    parser.add_argument("--data", required=True, nargs="+",
+                        help="labelled HDF5 dataset(s), trained on together")
     parser.add_argument("--out", required=True, help="student checkpoint to write, e.g. tiny.pt")
     from ase_distilled.models.painn import STUDENT_SIZES
 

@@ -38,7 +38,8 @@ def render_model_card(name: str, model) -> str:
         "## Data",
         f"- {data.get('structures', NOT_MEASURED)} labelled structures: "
         + ", ".join(f"{n} {part}" for part, n in data.get("sizes", {}).items() if n)
-        + f"; file sha256 `{str(data.get('sha256', ''))[:16]}…`",
+        + "; " + ", ".join(f"`{f.get('file')}` sha256 `{str(f.get('sha256', ''))[:16]}…`"
+                           for f in data.get("files", [data])),
         f"- elements: {' '.join(config.elements)}",
         f"- split: {data.get('split', NOT_MEASURED)}",
         f"- {meta.get('data_description', '')}",
@@ -59,6 +60,15 @@ def render_model_card(name: str, model) -> str:
         lines.append(f"Energy difference between the two conformers of each of {pairs['pairs']} "
                      f"test molecules: MAE {pairs['mae_meV']:.0f} meV against the teacher's "
                      f"(whose differences average {pairs['teacher_mean_abs_meV']:.0f} meV).")
+    pulls = meta.get("metrics", {}).get("test_hydrogen_pull")
+    if pulls:
+        lines += ["", f"Bonds to hydrogen pulled longer ({pulls['bonds']} hydrogens of the MD "
+                  "test molecules, one at a time, all else at rest): energy rise against the "
+                  "teacher's.", "", "| pulled by (Å) | teacher rise (eV) | student error: mean "
+                  "| lowest (softest) |", "|---|---|---|---|"]
+        lines += [f"| {pull:g} | {rise:.2f} | {mean:+.1%} | {low:+.1%} |" for pull, rise, mean, low
+                  in zip(pulls["pulls_A"], pulls["teacher_mean_eV"],
+                         pulls["mean_relative_error"], pulls["lowest_relative_error"])]
     lines.append("")
     lines += ["## MD stability", md.get("summary", NOT_MEASURED), ""]
     lines += ["## Speed", speed.get("summary", NOT_MEASURED), ""]

@@ -2,18 +2,42 @@
 
 Orb's weights cannot be downloaded here, so the teacher is Orb's own architecture
 with random weights: the numbers mean nothing, the mechanics are what is tested.
+The recipe's own measures are checked on known cases.
 """
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from ase.build import molecule
+from ase.calculators.emt import EMT
+from ase.calculators.mixing import LinearCombinationCalculator
 
 pytest.importorskip("orb_models")
 pytest.importorskip("rdkit")
 RECIPE = Path(__file__).parents[1] / "train" / "recipe.py"
+
+
+def _recipe_module():
+    spec = importlib.util.spec_from_file_location("recipe", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_hydrogen_pull_measures_a_softer_wall():
+    molecules = [molecule("CH3OH"), molecule("NH3")]
+    teacher = EMT()
+    half = LinearCombinationCalculator([EMT()], [0.5])  # every energy rise halved
+    pulls = _recipe_module().hydrogen_pull_energies(molecules, half, teacher, pulls=(0.2, 0.5))
+    assert pulls["bonds"] == 4 + 3 and pulls["pulls_A"] == [0.2, 0.5]
+    assert np.all(np.diff(pulls["teacher_mean_eV"]) > 0)  # pulling further costs more
+    np.testing.assert_allclose(pulls["mean_relative_error"], -0.5, atol=1e-9)
+    np.testing.assert_allclose(pulls["lowest_relative_error"], -0.5, atol=1e-9)
 
 
 @pytest.mark.slow
@@ -22,15 +46,17 @@ def test_recipe_distils_from_random_orb_end_to_end(tmp_path):
         subprocess.run([sys.executable, str(RECIPE), *args, "--work", str(tmp_path)],
                        check=True, capture_output=True, text=True)
 
-    recipe("molecules", "--train-molecules", "8", "--test-molecules", "2")  # >= 1 val scaffold
+    recipe("molecules", "--train-molecules", "8", "--test-molecules", "3",  # >= 1 val scaffold
+           "--extra-molecules", "2")
     orb = ["--teacher", "orb-v3-direct-20-omat", "--weights", "random"]
     recipe("label", *orb)
     # `student` is `train` then `evaluate`.
     recipe("train", "--size", "ultra-tiny", "--epochs", "1", "--lr", "1e-3", *orb)
     recipe("evaluate", "--size", "ultra-tiny", "--md-ps", "0.005", "--nve-ps", "0.005",
-           "--no-ship", *orb)
+           "--md-molecules", "2", "--no-ship", *orb)
 
     from ase_distilled import load_checkpoint
+    from ase_distilled.data import load
     from ase_distilled.model_card import render_model_card
 
     model = load_checkpoint(tmp_path / "ultra-tiny.evaluated.pt")
@@ -48,4 +74,12 @@ def test_recipe_distils_from_random_orb_end_to_end(tmp_path):
     assert meta["training"]["select_group"] == "conformer"  # configs/ultra-tiny.toml
     assert meta["training"]["group_weights"] is None
     assert len(meta["md"]["nvt"]) == 2
+    md_molecules = [a for a in load(tmp_path / "test.h5")
+                    if a.info["source"] == "conformer" and a.info["id"].endswith("/c00")][:2]
+    hydrogens = sum(int((a.numbers == 1).sum()) for a in md_molecules)
+    assert meta["metrics"]["test_hydrogen_pull"]["bonds"] == hydrogens > 0
+    assert "Bonds to hydrogen pulled longer" in render_model_card("ultra-tiny", model)
+    # The extra molecules (sulfur, stretched bonds to hydrogen) are trained on too.
+    assert [f["file"] for f in meta["data"]["files"]] == ["train.h5", "extra.h5"]
+    assert meta["data"]["files"][1]["sampling"]["stretch"] == [0.1, 0.25, 0.4]
     assert meta["speed"]["teacher_ms"] > 0

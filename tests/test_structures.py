@@ -11,6 +11,7 @@ from ase_distilled.data.structures import (
     crystal_units,
     rattled,
     smiles_units,
+    stretched,
     teacher_md,
     units_from_inputs,
 )
@@ -77,6 +78,28 @@ def test_rattles_are_seeded_with_the_requested_amplitude():
     displacement = copies[2].positions - atoms.positions
     assert displacement.std() == pytest.approx(0.1, rel=0.4)
     assert not np.allclose(copies[2].positions, copies[3].positions)
+
+
+def test_stretched_copies_lengthen_one_bond_to_hydrogen_by_the_amplitude():
+    atoms = molecule("CH3CH2OH")
+    atoms.info["id"] = "x/c00"
+    sampling = Sampling(stretch=(0.1, 0.3), seed=3)
+    copies = stretched(atoms, sampling)
+    assert [c.info["id"] for c in copies] == ["x/c00/stretch0.100", "x/c00/stretch0.300"]
+    assert [c.info["source"] for c in copies] == ["stretch:0.1", "stretch:0.3"]
+    for copy, amplitude in zip(copies, sampling.stretch):
+        (moved,) = np.flatnonzero(np.linalg.norm(copy.positions - atoms.positions, axis=1))
+        assert copy.numbers[moved] == 1
+        heavy = np.flatnonzero(atoms.numbers != 1)
+        before = atoms.get_distances(moved, heavy)
+        after = copy.get_distances(moved, heavy)
+        partner = np.argmin(before)
+        assert after[partner] - before[partner] == pytest.approx(amplitude)
+    np.testing.assert_array_equal(copies[1].positions, stretched(atoms, sampling)[1].positions)
+    assert stretched(molecule("H2"), sampling) == []  # nothing to pull a hydrogen from
+    # A dataset written before `stretch` existed still resumes: absent = none.
+    old = Sampling(seed=3).to_json().replace(', "stretch": []', "")
+    assert "stretch" not in old and Sampling.from_json(old) == Sampling(seed=3)
 
 
 def test_crystals_are_strained_periodic_supercells():

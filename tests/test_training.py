@@ -31,6 +31,7 @@ from ase_distilled.training import (
     output_paths,
     teacher_hessian_rows,
     train,
+    train_from_file,
 )
 from ase_distilled.training import trainer as trainer_module
 from ase_distilled.training.hessian import student_hessian_rows
@@ -502,7 +503,7 @@ def test_cli_train_from_labelled_file(tmp_path, capsys):
     assert "test: force MAE" in capsys.readouterr().out
     metadata = DistilledCalculator(out, device="cpu").metadata
     assert metadata["teacher"]["name"] == "emt"
-    assert metadata["data"]["sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
+    assert metadata["data"]["files"][0]["sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
     sizes = metadata["data"]["sizes"]
     assert sum(sizes.values()) == 20 and min(sizes.values()) > 0
     assert metadata["data"]["split"]["key"] == "scaffold"
@@ -520,6 +521,28 @@ def test_cli_train_from_labelled_file(tmp_path, capsys):
     config.write_text("learning_rate = 1.0\n")
     assert cli_main(argv) == 2
     assert "Unknown training setting(s) ['learning_rate']" in capsys.readouterr().err
+
+
+def test_train_on_two_datasets_from_one_teacher(tmp_path):
+    data, config = _labelled_file(tmp_path)
+    from ase_distilled.data import load, save, split_by_group
+
+    structures = load(data)
+    first, second = tmp_path / "first.h5", tmp_path / "second.h5"
+    save(structures[:12], first, teacher="emt")
+    save(structures[12:], second, teacher="emt")
+    settings = TrainConfig.from_toml(config, size="ultra-tiny", epochs=1)
+    model, _ = train_from_file([first, second], tmp_path / "both.pt", settings)
+    data_meta = model.metadata["data"]
+    assert [f["file"] for f in data_meta["files"]] == ["first.h5", "second.h5"]
+    assert data_meta["structures"] == 20 and sum(data_meta["sizes"].values()) == 20
+    # Each file is split on its own: adding one leaves the other's split as it was.
+    alone = [split_by_group(part, tuple(settings.split_fractions), "scaffold", settings.seed)
+             for part in (structures[:12], structures[12:])]
+    assert data_meta["sizes"]["val"] == sum(len(split[1]) for split in alone)
+    save(structures[12:], second, teacher="lj")
+    with pytest.raises(ValueError, match="one teacher"):
+        train_from_file([first, second], tmp_path / "mixed.pt", settings)
 
 
 @pytest.mark.slow

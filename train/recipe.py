@@ -33,14 +33,24 @@ NUM_TRAIN, NUM_TEST = 1200, 100
 TRAIN_SAMPLING = dict(conformers=2, rattle=(0.02, 0.05, 0.1), rattles=1,
                       md_temperatures=(500.0,), md_frames=3, md_interval=5, seed=0)
 TEST_SAMPLING = dict(conformers=2, rattle=(0.02, 0.05), rattles=1, seed=1)
+# Extra training molecules (since round 9): sulfur-bearing ones, because the
+# smallest student lost hydrogens next to sulfur in MD, sampled as above plus one
+# bond to hydrogen stretched per amplitude (what a bond about to break feels like).
+# Their scaffolds are in no other training or test molecule; they go in a file
+# of their own, so that adding them left the main file's validation split as it was.
+NUM_EXTRA = 400
+EXTRA_SAMPLING = dict(TRAIN_SAMPLING, stretch=(0.1, 0.25, 0.4))
+SAMPLING = {"test": TEST_SAMPLING, "train": TRAIN_SAMPLING, "extra": EXTRA_SAMPLING}
 
 
 def scaffold_bucket(scaffold: str) -> int:
     return int(hashlib.sha256(scaffold.encode()).hexdigest(), 16) % BUCKETS
 
 
-def select_molecules(work: Path, num_train: int = NUM_TRAIN, num_test: int = NUM_TEST) -> dict:
-    """Write ``train.smi`` and ``test.smi``: molecules whose scaffolds never meet."""
+def select_molecules(work: Path, num_train: int = NUM_TRAIN, num_test: int = NUM_TEST,
+                     num_extra: int = NUM_EXTRA) -> dict:
+    """Write ``train.smi``, ``test.smi`` and ``extra.smi``: molecules whose scaffolds never
+    meet (``extra``: sulfur-bearing training-part molecules after the first ``num_train``)."""
     from rdkit import Chem, RDLogger
     from rdkit.Chem.Scaffolds import MurckoScaffold
 
@@ -50,38 +60,44 @@ def select_molecules(work: Path, num_train: int = NUM_TRAIN, num_test: int = NUM
         mol = Chem.MolFromSmiles(line)
         if mol is None:
             continue
-        part = "test" if scaffold_bucket(MurckoScaffold.MurckoScaffoldSmiles(mol=mol)) \
-            < TEST_BUCKETS else "train"
-        parts[part].append(line)
-    chosen = {"train": parts["train"][:num_train], "test": parts["test"][:num_test]}
+        scaffold = MurckoScaffold.MurckoScaffoldSmiles(mol=mol)
+        part = "test" if scaffold_bucket(scaffold) < TEST_BUCKETS else "train"
+        parts[part].append((line, scaffold, {atom.GetSymbol() for atom in mol.GetAtoms()}))
+    chosen = {"train": parts["train"][:num_train], "test": parts["test"][:num_test],
+              "extra": []}
+    taken = {scaffold for _, scaffold, _ in chosen["train"]}
+    for line, scaffold, symbols in parts["train"][num_train:]:
+        if len(chosen["extra"]) < num_extra and "S" in symbols and scaffold not in taken:
+            chosen["extra"].append((line, scaffold, symbols))
+            taken.add(scaffold)
     work.mkdir(parents=True, exist_ok=True)
     for part, smiles in chosen.items():
-        (work / f"{part}.smi").write_text("\n".join(smiles) + "\n")
+        (work / f"{part}.smi").write_text("".join(f"{line}\n" for line, _, _ in smiles))
     return {part: len(smiles) for part, smiles in chosen.items()}
 
 
 def label_molecules(work: Path, teacher: str, weights=None, shard=None):
-    """Label train then test molecules; shards write ``<part>.<i>of<n>.h5`` to merge."""
+    """Label test, train and extra molecules; shards write ``<part>.<i>of<n>.h5`` to merge."""
     from ase_distilled.data import label
     from ase_distilled.data.structures import Sampling
 
-    if not (work / "train.smi").is_file():
+    if not all((work / f"{part}.smi").is_file() for part in SAMPLING):
         select_molecules(work)
-    for part, sampling in (("test", TEST_SAMPLING), ("train", TRAIN_SAMPLING)):
+    for part, sampling in SAMPLING.items():
         suffix = f".{shard.replace('/', 'of')}" if shard else ""
         label([work / f"{part}.smi"], teacher, work / f"{part}{suffix}.h5",
               sampling=Sampling(**sampling), shard=shard, weights=weights)
 
 
 def merge_shards(work: Path):
-    """Merge the label shards into ``test.h5`` and ``train.h5``.
+    """Merge the label shards into ``test.h5``, ``train.h5`` and ``extra.h5``.
 
     Chunks still in a shard's journal (a run stopped early) are merged too; the
     result is then marked incomplete, and rerunning ``label`` then ``merge`` completes it.
     """
     from ase_distilled.data import merge
 
-    for part in ("test", "train"):
+    for part in SAMPLING:
         shards = sorted(work.glob(f"{part}.*of*.h5")) + sorted(
             work.glob(f"{part}.*of*.h5.journal/chunk-*.h5"))
         if shards:
@@ -89,7 +105,8 @@ def merge_shards(work: Path):
 
 
 def train_student(work: Path, size: str, max_time=None, epochs=None, init=None, lr=None):
-    """Train on ``train.h5`` (validation: 10 % of its scaffolds), resuming if interrupted."""
+    """Train on ``train.h5`` and ``extra.h5`` (validation: 10 % of each one's scaffolds),
+    resuming if interrupted."""
     from ase_distilled.training import TrainConfig
     from ase_distilled.training.workflow import train_from_file
 
@@ -97,12 +114,14 @@ def train_student(work: Path, size: str, max_time=None, epochs=None, init=None, 
                                    epochs=epochs, lr=lr, init_from=init and str(init),
                                    split_key="scaffold", split_fractions=[0.9, 0.1, 0.0])
     out = work / f"{size}.pt"
-    return train_from_file(work / "train.h5", out, config,
+    return train_from_file([work / "train.h5", work / "extra.h5"], out, config,
                            resume=Path(f"{out}".replace(".pt", ".state.pt")).is_file())[0]
 
 
-def evaluate_student(work: Path, model, md_ps: float, nve_ps: float, teacher: str, weights):
-    """Held-out force metrics per distortion level, MD stability and drift, speed vs teacher."""
+def evaluate_student(work: Path, model, md_ps: float, nve_ps: float, teacher: str, weights,
+                     md_molecules: int = 20):
+    """Held-out force metrics per distortion level, MD stability and drift on the first
+    ``md_molecules`` test molecules, speed vs teacher."""
     import time
 
     import numpy as np
@@ -124,8 +143,10 @@ def evaluate_student(work: Path, model, md_ps: float, nve_ps: float, teacher: st
 
     conformer_energies = conformer_energy_differences(test, report)
     rest = [a for a in test if a.info["source"] == "conformer" and a.info["id"].endswith("/c00")]
-    md_molecules = rest[:10]
-    # Side by side, far apart: one force call per step for all ten molecules.
+    md_molecules = rest[:md_molecules]
+    reference = get_teacher(teacher, weights=weights)
+    bond_walls = hydrogen_pull_energies(md_molecules, calc, reference)
+    # Side by side, far apart: one force call per step for all of them.
     nvt = [run.metrics() for run in run_md_side_by_side(
         md_molecules, calc, ensemble="nvt", temperature_K=300, timestep_fs=0.5,
         steps=int(md_ps * 2000), interval=100, progress=True)]
@@ -144,7 +165,6 @@ def evaluate_student(work: Path, model, md_ps: float, nve_ps: float, teacher: st
         f"{np.mean(drifts):.3f}, max {np.max(drifts):.3f} meV/atom/ps.")
 
     # Speed: student and teacher force calls on the same molecules, interleaved.
-    reference = get_teacher(teacher, weights=weights)
     times = {"student": [], "teacher": []}
     for atoms in rest[:5]:
         for who, c in (("student", calc), ("teacher", reference)):
@@ -165,7 +185,8 @@ def evaluate_student(work: Path, model, md_ps: float, nve_ps: float, teacher: st
     return {"metrics": {"test_by_level": by_level,
                         "test_energy_mae_per_atom": report.metrics[
                             "energy_mae_per_atom"],
-                        "test_conformer_energy_difference": conformer_energies},
+                        "test_conformer_energy_difference": conformer_energies,
+                        "test_hydrogen_pull": bond_walls},
             "md": {"nvt": nvt, "nve": nve, "summary": md_summary},
             "speed": {"student_ms": student_ms, "teacher_ms": teacher_ms,
                       "summary": speed_summary}}
@@ -190,6 +211,34 @@ def conformer_energy_differences(test, report) -> dict:
                         for a, b in pairs])
     return {"pairs": len(pairs), "mae_meV": 1e3 * float(np.mean(np.abs(student - teacher))),
             "teacher_mean_abs_meV": 1e3 * float(np.mean(np.abs(teacher)))}
+
+
+def hydrogen_pull_energies(molecules, calc, reference,
+                           pulls=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6)) -> dict:
+    """How steeply the student's bonds to hydrogen resist being pulled, against the teacher.
+
+    Every hydrogen of each molecule, in turn, is pulled from its nearest heavy atom
+    by each of ``pulls`` Å (all else at rest; where MD breaks bonds first). Per pull:
+    the teacher's mean energy rise, and the relative error of the student's rise,
+    ``(dE_student - dE_teacher) / dE_teacher``, averaged and at its lowest (a
+    softer wall than the teacher's is what lets a hydrogen escape).
+    """
+    import numpy as np
+
+    from ase_distilled.data.structures import stretch_hydrogen
+
+    rises = {"student": [], "teacher": []}
+    for atoms in molecules:
+        for who, c in (("student", calc), ("teacher", reference)):
+            at_rest = c.get_potential_energy(atoms.copy())
+            rises[who] += [[c.get_potential_energy(stretch_hydrogen(atoms, h, pull)) - at_rest
+                            for pull in pulls] for h in np.flatnonzero(atoms.numbers == 1)]
+    student, teacher = (np.array(rises[who]) for who in ("student", "teacher"))
+    relative = (student - teacher) / teacher
+    return {"pulls_A": list(pulls), "bonds": len(teacher),
+            "teacher_mean_eV": teacher.mean(axis=0).tolist(),
+            "mean_relative_error": relative.mean(axis=0).tolist(),
+            "lowest_relative_error": relative.min(axis=0).tolist()}
 
 
 def index_summary(model) -> str:
@@ -235,7 +284,9 @@ def describe_data(work: Path, model):
         f"(train/data/moses_5k.smi, scaffold split, see train/recipe.py); per molecule "
         f"{TRAIN_SAMPLING['conformers']} RDKit conformers, rattles of "
         f"{TRAIN_SAMPLING['rattle']} Å and teacher Langevin MD snapshots at "
-        f"{TRAIN_SAMPLING['md_temperatures']} K.")
+        f"{TRAIN_SAMPLING['md_temperatures']} K; for the "
+        f"{len((work / 'extra.smi').read_text().split())} sulfur-bearing ones among them "
+        f"also one bond to hydrogen stretched by each of {EXTRA_SAMPLING['stretch']} Å.")
     model.metadata["test_description"] = (
         f"{len((work / 'test.smi').read_text().split())} molecules whose Bemis-Murcko "
         f"scaffolds are in no training molecule: "
@@ -244,9 +295,9 @@ def describe_data(work: Path, model):
 
 
 def finish_student(work: Path, model, size: str, teacher, weights, md_ps, nve_ps,
-                   ship: bool):
+                   md_molecules, ship: bool):
     """Evaluate a trained student, save it as ``<size>.evaluated.pt``, and ship it."""
-    results = evaluate_student(work, model, md_ps, nve_ps, teacher, weights)
+    results = evaluate_student(work, model, md_ps, nve_ps, teacher, weights, md_molecules)
     model.metadata.setdefault("metrics", {}).update(results.pop("metrics"))  # keeps "val"
     model.metadata.update(results)
     describe_data(work, model)
@@ -272,19 +323,24 @@ def main(argv=None):
     parser.add_argument("--work", type=Path, default=HERE / "work")
     parser.add_argument("--train-molecules", type=int, default=NUM_TRAIN)
     parser.add_argument("--test-molecules", type=int, default=NUM_TEST)
+    parser.add_argument("--extra-molecules", type=int, default=NUM_EXTRA)
     parser.add_argument("--max-time", type=float, help="training budget in minutes")
     parser.add_argument("--epochs", type=int, help="override the config's epochs")
     parser.add_argument("--init", type=Path, help="fine-tune this student checkpoint")
     parser.add_argument("--lr", type=float, help="override the config's peak learning rate")
     parser.add_argument("--md-ps", type=float, default=10.0, help="NVT ps per test molecule")
     parser.add_argument("--nve-ps", type=float, default=2.0, help="NVE ps per test molecule")
+    # 10 molecules x 1 run passed a student that lost a hydrogen on the next 10 (round 8).
+    parser.add_argument("--md-molecules", type=int, default=20,
+                        help="held-out molecules in the NVT and NVE tests")
     parser.add_argument("--no-ship", action="store_true",
                         help="evaluate only; do not copy into ase_distilled/weights")
     args = parser.parse_args(argv)
     if args.stage in ("student", "train", "evaluate", "ship") and not args.size:
         parser.error(f"the {args.stage} stage needs --size")
     if args.stage == "molecules":
-        print(select_molecules(args.work, args.train_molecules, args.test_molecules))
+        print(select_molecules(args.work, args.train_molecules, args.test_molecules,
+                               args.extra_molecules))
     elif args.stage == "label":
         label_molecules(args.work, args.teacher, args.weights, args.shard)
     elif args.stage == "merge":
@@ -299,7 +355,7 @@ def main(argv=None):
                                   args.lr)
         if args.stage != "train":
             finish_student(args.work, model, args.size, args.teacher, args.weights, args.md_ps,
-                           args.nve_ps, ship=not args.no_ship)
+                           args.nve_ps, args.md_molecules, ship=not args.no_ship)
     elif args.stage == "ship":  # again, from the evaluated checkpoint of a `--no-ship` run
         from ase_distilled.checkpoint import load_checkpoint
 

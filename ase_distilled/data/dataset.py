@@ -58,6 +58,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from ase_distilled.data.structures import (
     Sampling,
     rattled,
+    stretched,
     teacher_md,
     units_from_inputs,
     with_labels,
@@ -327,7 +328,7 @@ class _Journal:
     def _check(self, path):
         theirs = _raw_attrs(path)
         for key in _RUN_KEYS:
-            if str(theirs.get(key, "")) != str(self.attrs[key]):
+            if not _same_setting(key, theirs.get(key, ""), self.attrs[key]):
                 raise ValueError(
                     f"{path} was written with {key} = {theirs.get(key)!r}, this run has "
                     f"{self.attrs[key]!r}: rerun with the same options to resume, or choose "
@@ -360,6 +361,12 @@ class _Journal:
         if finished:
             (self.dir / "lock").unlink()
             self.dir.rmdir()
+
+
+def _same_setting(key, theirs, ours) -> bool:
+    if key == "sampling" and theirs and ours:
+        return Sampling.from_json(theirs) == Sampling.from_json(ours)
+    return str(theirs) == str(ours)
 
 
 def _parse_shard(shard):
@@ -462,9 +469,10 @@ def label(inputs, teacher, out, *, sampling=None, shard=None, bulk=(), limit=Non
 
 
 def _label_unit(unit, calc, sampling, batch_size) -> list:
-    """All labelled structures of one unit: base, rattled copies, teacher MD snapshots."""
+    """All labelled structures of one unit: base, rattled and stretched copies, teacher MD."""
     base = unit.build(sampling)
-    structures = base + [copy for atoms in base for copy in rattled(atoms, sampling)]
+    structures = base + [copy for atoms in base
+                         for copy in rattled(atoms, sampling) + stretched(atoms, sampling)]
     labelled = []
     for start in range(0, len(structures), batch_size):
         batch = structures[start:start + batch_size]

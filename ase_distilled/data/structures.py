@@ -5,16 +5,17 @@ of any file ASE reads, one crystal, or one given ``ase.Atoms``. A unit has a
 stable key (``"moses_5k:000123"``, ``"bulk:Cu"``) and builds its *base*
 structures on demand: RDKit conformers (ETKDG + MMFF), the frame itself, or
 strained copies of a crystal. :func:`rattled` adds copies at several
-amplitudes; :func:`teacher_md` adds short Langevin snapshots driven by the
-teacher at several temperatures. Every random choice is seeded from
-``Sampling.seed`` and the structure's id, so rerunning the same command
-rebuilds exactly the same structures and ids, which is what lets a labelling
-run resume or be sharded.
+amplitudes; :func:`stretched` adds copies with one bond to hydrogen pulled
+longer (the wall a bond meets before it breaks); :func:`teacher_md` adds short
+Langevin snapshots driven by the teacher at several temperatures. Every random
+choice is seeded from ``Sampling.seed`` and the structure's id, so rerunning
+the same command rebuilds exactly the same structures and ids, which is what
+lets a labelling run resume or be sharded.
 
 Structure ids are ``"<unit key>/c<k>"`` for base structures, with
-``"/rattle<amplitude>-<k>"`` or ``"/md<T>K-<frame>"`` appended for derived
-ones. ``atoms.info`` also carries ``source`` (``"conformer"``, ``"file"``,
-``"bulk"``, ``"rattle:<Å>"`` or ``"md:<K>"``: the distortion level),
+``"/rattle<amplitude>-<k>"``, ``"/stretch<Å>"`` or ``"/md<T>K-<frame>"`` appended
+for derived ones. ``atoms.info`` also carries ``source`` (``"conformer"``, ``"file"``,
+``"bulk"``, ``"rattle:<Å>"``, ``"stretch:<Å>"`` or ``"md:<K>"``: the distortion level),
 ``molecule`` (canonical SMILES, ``info["molecule"]`` of a file, else the
 chemical formula, or the crystal name), ``scaffold`` (Bemis-Murcko scaffold
 for SMILES, ``""`` for acyclic molecules; else equal to ``molecule``),
@@ -47,6 +48,9 @@ class Sampling:
         Standard deviations (Å) of the Gaussian displacements of rattled copies.
     rattles : int
         Rattled copies per amplitude and base structure.
+    stretch : tuple of float
+        Lengthenings (Å) of one random bond to hydrogen: one copy per amplitude and
+        base structure (see :func:`stretched`).
     md_temperatures : tuple of float
         Temperatures (K) of the teacher-driven Langevin runs, one per base structure each.
     md_frames, md_interval : int
@@ -61,6 +65,7 @@ class Sampling:
     conformers: int = 4
     rattle: tuple = (0.02, 0.05, 0.1)
     rattles: int = 1
+    stretch: tuple = ()
     md_temperatures: tuple = ()
     md_frames: int = 4
     md_interval: int = 10
@@ -71,6 +76,13 @@ class Sampling:
     def to_json(self) -> str:
         """Canonical JSON, stored with a dataset so a resume can check it is the same."""
         return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Sampling":
+        """The settings stored by :meth:`to_json`; fields added since take their
+        defaults (which leave them off), so older datasets still resume."""
+        return cls(**{key: tuple(value) if isinstance(value, list) else value
+                      for key, value in json.loads(text).items()})
 
 
 @dataclass(frozen=True)
@@ -285,6 +297,37 @@ def rattled(atoms, sampling) -> list:
             copy.info.update(id=id, source=f"rattle:{amplitude:g}")
             copies.append(copy)
     return copies
+
+
+def stretched(atoms, sampling) -> list:
+    """Copies of ``atoms`` with one bond to hydrogen longer by each ``sampling.stretch``.
+
+    Per copy, a seeded random hydrogen moves away from its nearest atom along the
+    bond between them (:func:`stretch_hydrogen`); the rest stays where it was. MD
+    breaks bonds to hydrogen first, so a student must learn how steeply they resist.
+    Structures without hydrogen (or with hydrogen only) yield no copies.
+    """
+    hydrogens = np.flatnonzero(atoms.numbers == 1)
+    if not len(hydrogens) or len(hydrogens) == len(atoms):
+        return []
+    copies = []
+    for amplitude in sampling.stretch:
+        id = f"{atoms.info['id']}/stretch{amplitude:.3f}"
+        copy = stretch_hydrogen(atoms, _rng(sampling.seed, id).choice(hydrogens), amplitude)
+        copy.info.update(id=id, source=f"stretch:{amplitude:g}")
+        copies.append(copy)
+    return copies
+
+
+def stretch_hydrogen(atoms, index: int, amplitude: float):
+    """A copy of ``atoms`` with hydrogen ``index`` moved ``amplitude`` Å further from its
+    nearest non-hydrogen atom, along the bond between them."""
+    partners = np.flatnonzero(atoms.numbers != 1)
+    to_partners = atoms.get_distances(index, partners, mic=True, vector=True)
+    to_partner = to_partners[np.argmin(np.linalg.norm(to_partners, axis=1))]
+    copy = atoms.copy()
+    copy.positions[index] -= amplitude * to_partner / np.linalg.norm(to_partner)
+    return copy
 
 
 def with_labels(atoms, label):

@@ -9,12 +9,14 @@ from ase_distilled.training.trainer import evaluate, rank_and_world, train
 
 
 def train_from_file(data, out, config: TrainConfig | None = None, resume: bool = False):
-    """Load a labelled dataset, split it by group, train, test, and save the student.
+    """Load labelled datasets, split them by group, train, test, and save the student.
 
     Parameters
     ----------
-    data : str or Path
-        HDF5 dataset written by ``ase-distilled label``.
+    data : str, Path or list of them
+        HDF5 dataset(s) written by ``ase-distilled label`` with the same teacher
+        (e.g. a main set and one sampled differently), trained on together. Each
+        is split by group on its own; keep a group (scaffold) in one file only.
     out : str or Path
         Student checkpoint to write (see :func:`~ase_distilled.training.trainer.train`
         for the files written next to it).
@@ -26,26 +28,38 @@ def train_from_file(data, out, config: TrainConfig | None = None, resume: bool =
     Returns
     -------
     model : PaiNN
-        The saved student; ``model.metadata`` holds teacher, data, training
-        settings and validation/test metrics.
+        The saved student; ``model.metadata`` holds teacher, data (each file's name,
+        sha256 and sampling), training settings and validation/test metrics.
     history : list of dict
     """
     from ase_distilled.data import load, read_metadata, split_by_group
 
     config = config or TrainConfig()
-    if not Path(data).is_file():
-        raise FileNotFoundError(f"Dataset {str(data)!r} does not exist; label structures "
-                                f"first with `ase-distilled label`.")
-    structures = load(data)
-    train_atoms, val_atoms, test_atoms = split_by_group(
-        structures, fractions=tuple(config.split_fractions), key=config.split_key,
-        seed=config.seed)
+    paths = [Path(path) for path in ([data] if isinstance(data, (str, Path)) else data)]
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"Dataset {str(path)!r} does not exist; label structures "
+                                    f"first with `ase-distilled label`.")
+    attributes = [read_metadata(path) for path in paths]
+    for path, attrs in zip(paths[1:], attributes[1:]):
+        if attrs["teacher"] != attributes[0]["teacher"]:
+            raise ValueError(f"{path} was labelled by {attrs['teacher']}, {paths[0]} by "
+                             f"{attributes[0]['teacher']}: a student learns from one teacher "
+                             "(name, version and weights); label both with the same one.")
+    # Each file is split on its own, so adding a dataset never moves a structure of
+    # another between training and validation (a fine-tune keeps its validation set).
+    datasets = [load(path) for path in paths]
+    parts = [split_by_group(structures, fractions=tuple(config.split_fractions),
+                            key=config.split_key, seed=config.seed) for structures in datasets]
+    train_atoms, val_atoms, test_atoms = ([atoms for split in parts for atoms in split[k]]
+                                          for k in range(3))
+    structures = [atoms for structures in datasets for atoms in structures]
     elements = sorted({s for atoms in structures for s in atoms.get_chemical_symbols()})
-    attributes = read_metadata(data)
     metadata = {
-        "teacher": attributes["teacher"],
-        "data": {"file": Path(data).name, "sha256": file_sha256(data),
-                 "created": attributes.get("created"), "sampling": attributes.get("sampling"),
+        "teacher": attributes[0]["teacher"],
+        "data": {"files": [{"file": path.name, "sha256": file_sha256(path),
+                            "created": attrs.get("created"), "sampling": attrs.get("sampling")}
+                           for path, attrs in zip(paths, attributes)],
                  "structures": len(structures),
                  "molecules": len({atoms.info.get("molecule") for atoms in structures}),
                  "atoms": sum(len(atoms) for atoms in structures),
