@@ -153,6 +153,14 @@ def test_shards_merged_equal_a_single_run(tmp_path):
     for key in ("teacher", "sampling", "shard", "complete", "schema_version"):
         assert meta[key] == reference[key]
     assert not merge(shards[:1], tmp_path / "part.h5")["complete"]
+    # A shard written before `stretch` existed (no such key) merges with a current one.
+    import h5py
+
+    with h5py.File(shards[0], "r+") as f:
+        f.attrs["sampling"] = f.attrs["sampling"].replace(', "stretch": []', "")
+        assert "stretch" not in f.attrs["sampling"]
+    assert merge(shards, tmp_path / "mixed.h5")["complete"]
+    assert read_metadata(tmp_path / "mixed.h5")["sampling"] == reference["sampling"]
     other = tmp_path / "other.h5"
     save(_labelled(), other, teacher="lj")
     with pytest.raises(ValueError, match="Cannot merge"):

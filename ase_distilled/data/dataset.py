@@ -216,7 +216,9 @@ def read_metadata(path) -> dict:
         attrs, count = _attrs_of(f), len(f["energy"])
     meta = {key: value for key, value in attrs.items() if not key.startswith("teacher_")}
     meta["teacher"] = {key: attrs.get(f"teacher_{key}", "") for key in _TEACHER_KEYS}
-    meta["sampling"] = json.loads(meta["sampling"]) if meta.get("sampling") else None
+    # As settings: a file written before a sampling field existed reads with its default.
+    meta["sampling"] = (json.loads(Sampling.from_json(meta["sampling"]).to_json())
+                        if meta.get("sampling") else None)
     meta["complete"] = bool(meta.get("complete", True))
     meta["num_structures"] = count
     return meta
