@@ -85,7 +85,7 @@ def render_model_card(name: str, model) -> str:
         "## Training",
         f"{training.get('epochs_completed', NOT_MEASURED)} epochs "
         f"(best {training.get('best_epoch')}, stop: {training.get('stop_reason')}), "
-        f"batch {training.get('batch_size')}, "
+        f"batch {_batch(training)}, "
         f"lr {training.get('lr')}, loss weights energy {training.get('energy_weight')} / "
         f"forces {training.get('forces_weight')}, EMA {training.get('ema_decay')}, "
         f"force loss {training.get('force_loss', 'mse')}{_weighting(training)}, "
@@ -101,6 +101,14 @@ def render_model_card(name: str, model) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _batch(training: dict) -> str:
+    """Structures per step; under torchrun, per process and how many processes."""
+    world = training.get("world_size") or 1
+    if world == 1:
+        return f"{training.get('batch_size')}"
+    return f"{training.get('batch_size')} per process x {world} processes"
 
 
 def _weighting(training: dict) -> str:

@@ -7,6 +7,7 @@ The recipe's own measures are checked on known cases.
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,16 +43,18 @@ def test_hydrogen_pull_measures_a_softer_wall():
 
 @pytest.mark.slow
 def test_recipe_distils_from_random_orb_end_to_end(tmp_path):
-    def recipe(*args):
-        subprocess.run([sys.executable, str(RECIPE), *args, "--work", str(tmp_path)],
-                       check=True, capture_output=True, text=True)
+    def recipe(*args, launcher=()):
+        subprocess.run([sys.executable, *launcher, str(RECIPE), *args, "--work", str(tmp_path)],
+                       check=True, capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
 
     recipe("molecules", "--train-molecules", "8", "--test-molecules", "3",  # >= 1 val scaffold
            "--extra-molecules", "2")
     orb = ["--teacher", "orb-v3-direct-20-omat", "--weights", "random"]
     recipe("label", *orb)
-    # `student` is `train` then `evaluate`.
-    recipe("train", "--size", "ultra-tiny", "--epochs", "1", "--lr", "1e-3", *orb)
+    # `student` is `train` then `evaluate`; training runs one process per core under torchrun.
+    recipe("train", "--size", "ultra-tiny", "--epochs", "1", "--lr", "1e-3", *orb,
+           launcher=("-m", "torch.distributed.run", "--nproc_per_node", "2"))
     recipe("evaluate", "--size", "ultra-tiny", "--md-ps", "0.005", "--nve-ps", "0.005",
            "--md-molecules", "2", "--no-ship", *orb)
 
@@ -70,7 +73,9 @@ def test_recipe_distils_from_random_orb_end_to_end(tmp_path):
     assert pairs["pairs"] >= 1 and pairs["mae_meV"] >= 0 and pairs["teacher_mean_abs_meV"] > 0
     assert (f"the two conformers of each of {pairs['pairs']} test molecules: MAE "
             in render_model_card("ultra-tiny", model))
-    assert meta["training"]["lr"] == 1e-3
+    assert meta["training"]["lr"] == 1e-3 and meta["training"]["world_size"] == 2
+    assert (f"batch {meta['training']['batch_size']} per process x 2 processes, "
+            in render_model_card("ultra-tiny", model))
     assert meta["training"]["select_group"] == "conformer"  # configs/ultra-tiny.toml
     assert meta["training"]["group_weights"] is None
     assert len(meta["md"]["nvt"]) == 2

@@ -347,12 +347,16 @@ def main(argv=None):
         merge_shards(args.work)
     elif args.stage in ("student", "train", "evaluate"):
         from ase_distilled.checkpoint import load_checkpoint
+        from ase_distilled.training import distributed_from_env, rank_and_world
 
         if args.stage == "evaluate":
             model = load_checkpoint(args.work / f"{args.size}.pt")
-        else:
-            model = train_student(args.work, args.size, args.max_time, args.epochs, args.init,
-                                  args.lr)
+        else:  # under torchrun: one process per core, rank 0 goes on to evaluate
+            with distributed_from_env():
+                model = train_student(args.work, args.size, args.max_time, args.epochs,
+                                      args.init, args.lr)
+                if rank_and_world()[0] != 0:
+                    return
         if args.stage != "train":
             finish_student(args.work, model, args.size, args.teacher, args.weights, args.md_ps,
                            args.nve_ps, args.md_molecules, ship=not args.no_ship)
