@@ -16,6 +16,7 @@ Work files go to ``train/work/`` (not committed: the recipe regenerates them).
 import argparse
 import hashlib
 import json
+from collections import Counter
 from pathlib import Path
 
 from ase_distilled.models.painn import STUDENT_SIZES
@@ -40,17 +41,29 @@ TEST_SAMPLING = dict(conformers=2, rattle=(0.02, 0.05), rattles=1, seed=1)
 # of their own, so that adding them left the main file's validation split as it was.
 NUM_EXTRA = 400
 EXTRA_SAMPLING = dict(TRAIN_SAMPLING, stretch=(0.1, 0.25, 0.4))
-SAMPLING = {"test": TEST_SAMPLING, "train": TRAIN_SAMPLING, "extra": EXTRA_SAMPLING}
+# Rare-chemistry molecules (since round 12): halogen-bearing (F, Cl, Br: 1.2 % of
+# the atoms before) or nitrogen-rich (>= 4 N; nitrogen carried 29 % of the worst
+# errors at rest), with scaffolds in no other chosen molecule, sampled as "train".
+NUM_RARE = 600
+RARE_NITROGENS = 4
+SAMPLING = {"test": TEST_SAMPLING, "train": TRAIN_SAMPLING, "extra": EXTRA_SAMPLING,
+            "rare": TRAIN_SAMPLING}
 
 
 def scaffold_bucket(scaffold: str) -> int:
     return int(hashlib.sha256(scaffold.encode()).hexdigest(), 16) % BUCKETS
 
 
+def is_rare_chemistry(elements: Counter) -> bool:
+    return any(elements[halogen] for halogen in ("F", "Cl", "Br")) or (
+        elements["N"] >= RARE_NITROGENS)
+
+
 def select_molecules(work: Path, num_train: int = NUM_TRAIN, num_test: int = NUM_TEST,
-                     num_extra: int = NUM_EXTRA) -> dict:
-    """Write ``train.smi``, ``test.smi`` and ``extra.smi``: molecules whose scaffolds never
-    meet (``extra``: sulfur-bearing training-part molecules after the first ``num_train``)."""
+                     num_extra: int = NUM_EXTRA, num_rare: int = NUM_RARE) -> dict:
+    """Write ``train.smi``, ``test.smi``, ``extra.smi`` and ``rare.smi``: molecules whose
+    scaffolds never meet. ``extra`` and then ``rare`` come from the training-part molecules
+    after the first ``num_train``: sulfur-bearing ones, then rare-chemistry ones."""
     from rdkit import Chem, RDLogger
     from rdkit.Chem.Scaffolds import MurckoScaffold
 
@@ -62,14 +75,16 @@ def select_molecules(work: Path, num_train: int = NUM_TRAIN, num_test: int = NUM
             continue
         scaffold = MurckoScaffold.MurckoScaffoldSmiles(mol=mol)
         part = "test" if scaffold_bucket(scaffold) < TEST_BUCKETS else "train"
-        parts[part].append((line, scaffold, {atom.GetSymbol() for atom in mol.GetAtoms()}))
-    chosen = {"train": parts["train"][:num_train], "test": parts["test"][:num_test],
-              "extra": []}
+        parts[part].append((line, scaffold, Counter(atom.GetSymbol() for atom in mol.GetAtoms())))
+    chosen = {"train": parts["train"][:num_train], "test": parts["test"][:num_test]}
     taken = {scaffold for _, scaffold, _ in chosen["train"]}
-    for line, scaffold, symbols in parts["train"][num_train:]:
-        if len(chosen["extra"]) < num_extra and "S" in symbols and scaffold not in taken:
-            chosen["extra"].append((line, scaffold, symbols))
-            taken.add(scaffold)
+    for part, wanted, accepts in (("extra", num_extra, lambda elements: elements["S"] > 0),
+                                  ("rare", num_rare, is_rare_chemistry)):
+        chosen[part] = []
+        for line, scaffold, elements in parts["train"][num_train:]:
+            if len(chosen[part]) < wanted and accepts(elements) and scaffold not in taken:
+                chosen[part].append((line, scaffold, elements))
+                taken.add(scaffold)
     work.mkdir(parents=True, exist_ok=True)
     for part, smiles in chosen.items():
         (work / f"{part}.smi").write_text("".join(f"{line}\n" for line, _, _ in smiles))
@@ -77,7 +92,7 @@ def select_molecules(work: Path, num_train: int = NUM_TRAIN, num_test: int = NUM
 
 
 def label_molecules(work: Path, teacher: str, weights=None, shard=None):
-    """Label test, train and extra molecules; shards write ``<part>.<i>of<n>.h5`` to merge."""
+    """Label test, train, extra and rare molecules; shards write ``<part>.<i>of<n>.h5``."""
     from ase_distilled.data import label
     from ase_distilled.data.structures import Sampling
 
@@ -90,7 +105,7 @@ def label_molecules(work: Path, teacher: str, weights=None, shard=None):
 
 
 def merge_shards(work: Path):
-    """Merge the label shards into ``test.h5``, ``train.h5`` and ``extra.h5``.
+    """Merge the label shards into ``test.h5``, ``train.h5``, ``extra.h5`` and ``rare.h5``.
 
     Chunks still in a shard's journal (a run stopped early) are merged too; the
     result is then marked incomplete, and rerunning ``label`` then ``merge`` completes it.
@@ -105,8 +120,8 @@ def merge_shards(work: Path):
 
 
 def train_student(work: Path, size: str, max_time=None, epochs=None, init=None, lr=None):
-    """Train on ``train.h5`` and ``extra.h5`` (validation: 10 % of each one's scaffolds),
-    resuming if interrupted."""
+    """Train on ``train.h5``, ``extra.h5`` and ``rare.h5`` (validation: 10 % of each
+    one's scaffolds), resuming if interrupted."""
     from ase_distilled.training import TrainConfig
     from ase_distilled.training.workflow import train_from_file
 
@@ -114,7 +129,8 @@ def train_student(work: Path, size: str, max_time=None, epochs=None, init=None, 
                                    epochs=epochs, lr=lr, init_from=init and str(init),
                                    split_key="scaffold", split_fractions=[0.9, 0.1, 0.0])
     out = work / f"{size}.pt"
-    return train_from_file([work / "train.h5", work / "extra.h5"], out, config,
+    files = [work / f"{part}.h5" for part in SAMPLING if part != "test"]
+    return train_from_file(files, out, config,
                            resume=Path(f"{out}".replace(".pt", ".state.pt")).is_file())[0]
 
 
@@ -286,7 +302,9 @@ def describe_data(work: Path, model):
         f"{TRAIN_SAMPLING['rattle']} Å and teacher Langevin MD snapshots at "
         f"{TRAIN_SAMPLING['md_temperatures']} K; for the "
         f"{len((work / 'extra.smi').read_text().split())} sulfur-bearing ones among them "
-        f"also one bond to hydrogen stretched by each of {EXTRA_SAMPLING['stretch']} Å.")
+        f"also one bond to hydrogen stretched by each of {EXTRA_SAMPLING['stretch']} Å; "
+        f"{len((work / 'rare.smi').read_text().split())} of them halogen-bearing or with "
+        f">= {RARE_NITROGENS} nitrogens.")
     model.metadata["test_description"] = (
         f"{len((work / 'test.smi').read_text().split())} molecules whose Bemis-Murcko "
         f"scaffolds are in no training molecule: "
@@ -324,6 +342,7 @@ def main(argv=None):
     parser.add_argument("--train-molecules", type=int, default=NUM_TRAIN)
     parser.add_argument("--test-molecules", type=int, default=NUM_TEST)
     parser.add_argument("--extra-molecules", type=int, default=NUM_EXTRA)
+    parser.add_argument("--rare-molecules", type=int, default=NUM_RARE)
     parser.add_argument("--max-time", type=float, help="training budget in minutes")
     parser.add_argument("--epochs", type=int, help="override the config's epochs")
     parser.add_argument("--init", type=Path, help="fine-tune this student checkpoint")
@@ -340,7 +359,7 @@ def main(argv=None):
         parser.error(f"the {args.stage} stage needs --size")
     if args.stage == "molecules":
         print(select_molecules(args.work, args.train_molecules, args.test_molecules,
-                               args.extra_molecules))
+                               args.extra_molecules, args.rare_molecules))
     elif args.stage == "label":
         label_molecules(args.work, args.teacher, args.weights, args.shard)
     elif args.stage == "merge":
