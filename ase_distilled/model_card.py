@@ -98,6 +98,8 @@ def render_model_card(name: str, model) -> str:
         "rejected with an error.",
         "- Drug-like organic chemistry (MOSES: 250-350 Da); far from it, expect larger errors.",
         "- It reproduces its teacher, not experiment: the teacher's own errors are inherited.",
+        "- Not for breaking bonds: the energy of pulling atoms apart is learnt only as far as "
+        "the training data stretched them (see the hydrogen pulls above, where measured).",
         "",
     ]
     return "\n".join(lines)

@@ -46,8 +46,16 @@ EXTRA_SAMPLING = dict(TRAIN_SAMPLING, stretch=(0.1, 0.25, 0.4))
 # errors at rest), with scaffolds in no other chosen molecule, sampled as "train".
 NUM_RARE = 600
 RARE_NITROGENS = 4
+# Bond-breaking molecules (since round 13): any chemistry, new scaffolds, each conformer
+# with one bond to hydrogen stretched per amplitude, out to +1.2 Å. Every student before
+# learnt a C-H wall only as far as the data reached (+0.4 Å): beyond it the energy fell
+# again, a barrier of 1.3-2.2 eV instead of the teacher's steady rise, and an NVE run
+# lost a hydrogen over it (train/README.md, round 12).
+NUM_STRETCH = 600
+STRETCH_SAMPLING = dict(conformers=2, rattle=(0.05,), rattles=1, stretch=(0.3, 0.6, 0.9, 1.2),
+                        seed=0)
 SAMPLING = {"test": TEST_SAMPLING, "train": TRAIN_SAMPLING, "extra": EXTRA_SAMPLING,
-            "rare": TRAIN_SAMPLING}
+            "rare": TRAIN_SAMPLING, "stretch": STRETCH_SAMPLING}
 
 
 def scaffold_bucket(scaffold: str) -> int:
@@ -60,10 +68,12 @@ def is_rare_chemistry(elements: Counter) -> bool:
 
 
 def select_molecules(work: Path, num_train: int = NUM_TRAIN, num_test: int = NUM_TEST,
-                     num_extra: int = NUM_EXTRA, num_rare: int = NUM_RARE) -> dict:
-    """Write ``train.smi``, ``test.smi``, ``extra.smi`` and ``rare.smi``: molecules whose
-    scaffolds never meet. ``extra`` and then ``rare`` come from the training-part molecules
-    after the first ``num_train``: sulfur-bearing ones, then rare-chemistry ones."""
+                     num_extra: int = NUM_EXTRA, num_rare: int = NUM_RARE,
+                     num_stretch: int = NUM_STRETCH) -> dict:
+    """Write ``train.smi``, ``test.smi``, ``extra.smi``, ``rare.smi`` and ``stretch.smi``:
+    molecules whose scaffolds never meet. ``extra``, ``rare`` and ``stretch`` come from the
+    training-part molecules after the first ``num_train``: sulfur-bearing ones, then
+    rare-chemistry ones, then any."""
     from rdkit import Chem, RDLogger
     from rdkit.Chem.Scaffolds import MurckoScaffold
 
@@ -79,7 +89,8 @@ def select_molecules(work: Path, num_train: int = NUM_TRAIN, num_test: int = NUM
     chosen = {"train": parts["train"][:num_train], "test": parts["test"][:num_test]}
     taken = {scaffold for _, scaffold, _ in chosen["train"]}
     for part, wanted, accepts in (("extra", num_extra, lambda elements: elements["S"] > 0),
-                                  ("rare", num_rare, is_rare_chemistry)):
+                                  ("rare", num_rare, is_rare_chemistry),
+                                  ("stretch", num_stretch, lambda elements: True)):
         chosen[part] = []
         for line, scaffold, elements in parts["train"][num_train:]:
             if len(chosen[part]) < wanted and accepts(elements) and scaffold not in taken:
@@ -92,7 +103,7 @@ def select_molecules(work: Path, num_train: int = NUM_TRAIN, num_test: int = NUM
 
 
 def label_molecules(work: Path, teacher: str, weights=None, shard=None):
-    """Label test, train, extra and rare molecules; shards write ``<part>.<i>of<n>.h5``."""
+    """Label the molecules of every part; shards write ``<part>.<i>of<n>.h5``."""
     from ase_distilled.data import label
     from ase_distilled.data.structures import Sampling
 
@@ -105,7 +116,7 @@ def label_molecules(work: Path, teacher: str, weights=None, shard=None):
 
 
 def merge_shards(work: Path):
-    """Merge the label shards into ``test.h5``, ``train.h5``, ``extra.h5`` and ``rare.h5``.
+    """Merge the label shards into ``<part>.h5`` per part (test, train, extra, rare, stretch).
 
     Chunks still in a shard's journal (a run stopped early) are merged too; the
     result is then marked incomplete, and rerunning ``label`` then ``merge`` completes it.
@@ -120,8 +131,8 @@ def merge_shards(work: Path):
 
 
 def train_student(work: Path, size: str, max_time=None, epochs=None, init=None, lr=None):
-    """Train on ``train.h5``, ``extra.h5`` and ``rare.h5`` (validation: 10 % of each
-    one's scaffolds), resuming if interrupted."""
+    """Train on every part but ``test`` (validation: 10 % of each one's scaffolds),
+    resuming if interrupted."""
     from ase_distilled.training import TrainConfig
     from ase_distilled.training.workflow import train_from_file
 
@@ -230,11 +241,13 @@ def conformer_energy_differences(test, report) -> dict:
 
 
 def hydrogen_pull_energies(molecules, calc, reference,
-                           pulls=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6)) -> dict:
+                           pulls=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.9, 1.2, 1.5)) -> dict:
     """How steeply the student's bonds to hydrogen resist being pulled, against the teacher.
 
     Every hydrogen of each molecule, in turn, is pulled from its nearest heavy atom
-    by each of ``pulls`` Å (all else at rest; where MD breaks bonds first). Per pull:
+    by each of ``pulls`` Å (all else at rest; where MD breaks bonds first; the last ones
+    reach past the +1.2 Å of the training data, where a wall learnt only as far as the
+    data reached falls again). Per pull:
     the teacher's mean energy rise, and the relative error of the student's rise,
     ``(dE_student - dE_teacher) / dE_teacher``, averaged and at its lowest (a
     softer wall than the teacher's is what lets a hydrogen escape).
@@ -304,7 +317,9 @@ def describe_data(work: Path, model):
         f"{len((work / 'extra.smi').read_text().split())} sulfur-bearing ones among them "
         f"also one bond to hydrogen stretched by each of {EXTRA_SAMPLING['stretch']} Å; "
         f"{len((work / 'rare.smi').read_text().split())} of them halogen-bearing or with "
-        f">= {RARE_NITROGENS} nitrogens.")
+        f">= {RARE_NITROGENS} nitrogens; {len((work / 'stretch.smi').read_text().split())} of them "
+        f"sampled only as conformers, one rattle each and one bond to hydrogen "
+        f"stretched by each of {STRETCH_SAMPLING['stretch']} Å.")
     model.metadata["test_description"] = (
         f"{len((work / 'test.smi').read_text().split())} molecules whose Bemis-Murcko "
         f"scaffolds are in no training molecule: "
@@ -343,6 +358,7 @@ def main(argv=None):
     parser.add_argument("--test-molecules", type=int, default=NUM_TEST)
     parser.add_argument("--extra-molecules", type=int, default=NUM_EXTRA)
     parser.add_argument("--rare-molecules", type=int, default=NUM_RARE)
+    parser.add_argument("--stretch-molecules", type=int, default=NUM_STRETCH)
     parser.add_argument("--max-time", type=float, help="training budget in minutes")
     parser.add_argument("--epochs", type=int, help="override the config's epochs")
     parser.add_argument("--init", type=Path, help="fine-tune this student checkpoint")
@@ -359,7 +375,8 @@ def main(argv=None):
         parser.error(f"the {args.stage} stage needs --size")
     if args.stage == "molecules":
         print(select_molecules(args.work, args.train_molecules, args.test_molecules,
-                               args.extra_molecules, args.rare_molecules))
+                               args.extra_molecules, args.rare_molecules,
+                               args.stretch_molecules))
     elif args.stage == "label":
         label_molecules(args.work, args.teacher, args.weights, args.shard)
     elif args.stage == "merge":
