@@ -246,8 +246,8 @@ def hydrogen_pull_energies(molecules, calc, reference,
 
     Every hydrogen of each molecule, in turn, is pulled from its nearest heavy atom
     by each of ``pulls`` Å (all else at rest; where MD breaks bonds first; the last ones
-    reach past the +1.2 Å of the training data, where a wall learnt only as far as the
-    data reached falls again). Per pull:
+    reach past the longest stretch of the training data, ``STRETCH_SAMPLING``, where a
+    wall learnt only as far as the data reached falls again). Per pull:
     the teacher's mean energy rise, and the relative error of the student's rise,
     ``(dE_student - dE_teacher) / dE_teacher``, averaged and at its lowest (a
     softer wall than the teacher's is what lets a hydrogen escape).
@@ -306,6 +306,11 @@ def ship_student(model, size: str, work: Path):
     write()
 
 
+def molecule_count(work: Path, part: str) -> int:
+    """How many molecules ``<part>.smi`` lists."""
+    return len((work / f"{part}.smi").read_text().split())
+
+
 def describe_data(work: Path, model):
     """Put the plain-words descriptions of training and test data into the metadata."""
     model.metadata["data_description"] = (
@@ -314,14 +319,14 @@ def describe_data(work: Path, model):
         f"{TRAIN_SAMPLING['conformers']} RDKit conformers, rattles of "
         f"{TRAIN_SAMPLING['rattle']} Å and teacher Langevin MD snapshots at "
         f"{TRAIN_SAMPLING['md_temperatures']} K; for the "
-        f"{len((work / 'extra.smi').read_text().split())} sulfur-bearing ones among them "
+        f"{molecule_count(work, 'extra')} sulfur-bearing ones among them "
         f"also one bond to hydrogen stretched by each of {EXTRA_SAMPLING['stretch']} Å; "
-        f"{len((work / 'rare.smi').read_text().split())} of them halogen-bearing or with "
-        f">= {RARE_NITROGENS} nitrogens; {len((work / 'stretch.smi').read_text().split())} of them "
+        f"{molecule_count(work, 'rare')} of them halogen-bearing or with "
+        f">= {RARE_NITROGENS} nitrogens; {molecule_count(work, 'stretch')} of them "
         f"sampled only as conformers, one rattle each and one bond to hydrogen "
         f"stretched by each of {STRETCH_SAMPLING['stretch']} Å.")
     model.metadata["test_description"] = (
-        f"{len((work / 'test.smi').read_text().split())} molecules whose Bemis-Murcko "
+        f"{molecule_count(work, 'test')} molecules whose Bemis-Murcko "
         f"scaffolds are in no training molecule: "
         f"'conformer' = RDKit/MMFF conformers at rest, 'rattle:A' = the same displaced by "
         f"Gaussian noise of A Å per component; 'all' pools them.")
