@@ -38,8 +38,7 @@ def render_model_card(name: str, model) -> str:
         "## Data",
         f"- {data.get('structures', NOT_MEASURED)} labelled structures: "
         + ", ".join(f"{n} {part}" for part, n in data.get("sizes", {}).items() if n)
-        + "; " + ", ".join(f"`{f.get('file')}` sha256 `{str(f.get('sha256', ''))[:16]}…`"
-                           for f in data.get("files", [data])),
+        + "; " + ", ".join(_file_digest(f) for f in data.get("files", [data])),
         f"- elements: {' '.join(config.elements)}",
         f"- split: {data.get('split', NOT_MEASURED)}",
         f"- {meta.get('data_description', '')}",
@@ -103,6 +102,14 @@ def render_model_card(name: str, model) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _file_digest(entry: dict) -> str:
+    # The content digest reproduces when the recipe regenerates a file; the byte
+    # sha256 (all that checkpoints trained before it was recorded have) does not.
+    if entry.get("content_sha256"):
+        return f"`{entry.get('file')}` content sha256 `{entry['content_sha256'][:16]}…`"
+    return f"`{entry.get('file')}` sha256 `{str(entry.get('sha256', ''))[:16]}…`"
 
 
 def _batch(training: dict) -> str:

@@ -7,6 +7,7 @@ from ase.calculators.emt import EMT
 
 from ase_distilled.data import (
     Sampling,
+    content_sha256,
     dataset,
     label,
     load,
@@ -71,6 +72,27 @@ def test_save_load_round_trip(tmp_path):
     assert meta["schema_version"] == 1 and meta["num_structures"] == 3
     assert meta["teacher"]["name"] == "emt" and meta["teacher"]["package"] == "ase"
     assert meta["created"].startswith("20")
+
+
+def test_content_digest_ignores_file_attributes_and_sees_every_label(tmp_path):
+    import h5py
+
+    from ase_distilled.registry import file_sha256
+
+    first, second = tmp_path / "first.h5", tmp_path / "second.h5"
+    save(_labelled(), first, teacher="emt")
+    save(_labelled(), second, teacher="emt")
+    with h5py.File(second, "r+") as f:
+        f.attrs["created"] = "2000-01-01T00:00:00+00:00"
+    assert file_sha256(first) != file_sha256(second)
+    assert content_sha256(first) == content_sha256(second)
+    for name, edit in (("forces", lambda d: d.__setitem__((0, 0), d[0, 0] + 1e-12)),
+                       ("id", lambda d: d.__setitem__(0, "x"))):
+        changed = tmp_path / f"{name}.h5"
+        changed.write_bytes(first.read_bytes())
+        with h5py.File(changed, "r+") as f:
+            edit(f[name])
+        assert content_sha256(changed) != content_sha256(first), name
 
 
 def test_unlabelled_and_unreadable_inputs_are_named(tmp_path):
@@ -149,6 +171,7 @@ def test_shards_merged_equal_a_single_run(tmp_path):
     merged = tmp_path / "merged.h5"
     assert merge(shards, merged)["complete"]
     assert_same_structures(load(merged), load(single))
+    assert content_sha256(merged) == content_sha256(single)
     meta, reference = read_metadata(merged), read_metadata(single)
     for key in ("teacher", "sampling", "shard", "complete", "schema_version"):
         assert meta[key] == reference[key]

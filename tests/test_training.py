@@ -22,6 +22,7 @@ from ase.cluster import Icosahedron
 from ase_distilled import DistilledCalculator, build_student, load_checkpoint
 from ase_distilled.batch import AtomsBatch
 from ase_distilled.cli import main as cli_main
+from ase_distilled.data import content_sha256
 from ase_distilled.neighbors import neighbor_list
 from ase_distilled.training import (
     LabelledDataset,
@@ -503,7 +504,13 @@ def test_cli_train_from_labelled_file(tmp_path, capsys):
     assert "test: force MAE" in capsys.readouterr().out
     metadata = DistilledCalculator(out, device="cpu").metadata
     assert metadata["teacher"]["name"] == "emt"
-    assert metadata["data"]["files"][0]["sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
+    recorded = metadata["data"]["files"][0]
+    assert recorded["sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
+    assert recorded["content_sha256"] == content_sha256(data)
+    from ase_distilled.model_card import render_model_card
+
+    card = render_model_card("ut", load_checkpoint(out))
+    assert f"`{data.name}` content sha256 `{content_sha256(data)[:16]}…`" in card
     sizes = metadata["data"]["sizes"]
     assert sum(sizes.values()) == 20 and min(sizes.values()) > 0
     assert metadata["data"]["split"]["key"] == "scaffold"

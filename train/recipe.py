@@ -120,14 +120,17 @@ def merge_shards(work: Path):
 
     Chunks still in a shard's journal (a run stopped early) are merged too; the
     result is then marked incomplete, and rerunning ``label`` then ``merge`` completes it.
+    Each part's content sha256 is printed: train/README lists those of the shipped
+    students' data, to compare a regenerated dataset with.
     """
-    from ase_distilled.data import merge
+    from ase_distilled.data import content_sha256, merge
 
     for part in SAMPLING:
         shards = sorted(work.glob(f"{part}.*of*.h5")) + sorted(
             work.glob(f"{part}.*of*.h5.journal/chunk-*.h5"))
         if shards:
-            print(part, merge(shards, work / f"{part}.h5"))
+            print(part, merge(shards, work / f"{part}.h5"),
+                  f"content sha256 {content_sha256(work / f'{part}.h5')}")
 
 
 def train_student(work: Path, size: str, max_time=None, epochs=None, init=None, lr=None):

@@ -6,6 +6,7 @@ The torch ``Dataset`` and collate used for training live in ``ase_distilled.trai
 
 from ase_distilled.data.dataset import (
     SCHEMA_VERSION,
+    content_sha256,
     label,
     load,
     merge,
@@ -26,6 +27,7 @@ __all__ = [
     "Sampling",
     "Unit",
     "conformers_from_smiles",
+    "content_sha256",
     "label",
     "load",
     "merge",

@@ -32,7 +32,7 @@ def train_from_file(data, out, config: TrainConfig | None = None, resume: bool =
         sha256 and sampling), training settings and validation/test metrics.
     history : list of dict
     """
-    from ase_distilled.data import load, read_metadata, split_by_group
+    from ase_distilled.data import content_sha256, load, read_metadata, split_by_group
 
     config = config or TrainConfig()
     paths = [Path(path) for path in ([data] if isinstance(data, (str, Path)) else data)]
@@ -58,6 +58,7 @@ def train_from_file(data, out, config: TrainConfig | None = None, resume: bool =
     metadata = {
         "teacher": attributes[0]["teacher"],
         "data": {"files": [{"file": path.name, "sha256": file_sha256(path),
+                            "content_sha256": content_sha256(path),
                             "created": attrs.get("created"), "sampling": attrs.get("sampling")}
                            for path, attrs in zip(paths, attributes)],
                  "structures": len(structures),
