@@ -41,6 +41,17 @@ def test_hydrogen_pull_measures_a_softer_wall():
     np.testing.assert_allclose(pulls["lowest_relative_error"], -0.5, atol=1e-9)
 
 
+def test_shipped_index_summaries_come_from_the_checkpoints():
+    from ase_distilled import load_checkpoint
+    from ase_distilled.registry import WEIGHTS_DIR
+
+    index = json.loads((WEIGHTS_DIR / "models.json").read_text())
+    recipe = _recipe_module()
+    for entry in index.values():
+        model = load_checkpoint(WEIGHTS_DIR / entry["file"])
+        assert entry["summary"] == recipe.index_summary(model)
+
+
 @pytest.mark.slow
 def test_recipe_distils_from_random_orb_end_to_end(tmp_path):
     def recipe(*args, launcher=()):
