@@ -60,7 +60,8 @@ def test_recipe_distils_from_random_orb_end_to_end(tmp_path):
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
 
     recipe("molecules", "--train-molecules", "8", "--test-molecules", "3",  # >= 1 val scaffold
-           "--extra-molecules", "2", "--rare-molecules", "2", "--stretch-molecules", "2")
+           "--extra-molecules", "2", "--rare-molecules", "2", "--stretch-molecules", "2",
+           "--more-molecules", "2")
     orb = ["--teacher", "orb-v3-direct-20-omat", "--weights", "random"]
     recipe("label", *orb)
     # `student` is `train` then `evaluate`; training runs one process per core under torchrun.
@@ -95,10 +96,10 @@ def test_recipe_distils_from_random_orb_end_to_end(tmp_path):
     hydrogens = sum(int((a.numbers == 1).sum()) for a in md_molecules)
     assert meta["metrics"]["test_hydrogen_pull"]["bonds"] == hydrogens > 0
     assert "Bonds to hydrogen pulled longer" in render_model_card("ultra-tiny", model)
-    # The extra (sulfur, stretched bonds to hydrogen), rare-chemistry and bond-breaking
-    # molecules are trained on too.
+    # The extra (sulfur, stretched bonds to hydrogen), rare-chemistry, bond-breaking and
+    # further molecules are trained on too.
     assert [f["file"] for f in meta["data"]["files"]] == ["train.h5", "extra.h5", "rare.h5",
-                                                          "stretch.h5"]
+                                                          "stretch.h5", "more.h5"]
     assert meta["data"]["files"][1]["sampling"]["stretch"] == [0.1, 0.25, 0.4]
     assert meta["data"]["files"][3]["sampling"]["stretch"] == [0.3, 0.6, 0.9, 1.2]
     rare = (tmp_path / "rare.smi").read_text().split()
