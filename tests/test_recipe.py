@@ -55,9 +55,12 @@ def test_shipped_index_summaries_come_from_the_checkpoints():
 @pytest.mark.slow
 def test_recipe_distils_from_random_orb_end_to_end(tmp_path):
     def recipe(*args, launcher=()):
-        subprocess.run([sys.executable, *launcher, str(RECIPE), *args, "--work", str(tmp_path)],
-                       check=True, capture_output=True, text=True,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+        done = subprocess.run([sys.executable, *launcher, str(RECIPE), *args,
+                               "--work", str(tmp_path)],
+                              capture_output=True, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        # The whole of stderr (not pytest's abridged repr): a failing rank's traceback.
+        assert done.returncode == 0, f"recipe {args[0]} exited {done.returncode}:\n{done.stderr}"
 
     recipe("molecules", "--train-molecules", "8", "--test-molecules", "3",  # >= 1 val scaffold
            "--extra-molecules", "2", "--rare-molecules", "2", "--stretch-molecules", "2",
@@ -68,7 +71,7 @@ def test_recipe_distils_from_random_orb_end_to_end(tmp_path):
     recipe("train", "--size", "ultra-tiny", "--epochs", "1", "--lr", "1e-3", *orb,
            launcher=("-m", "torch.distributed.run", "--nproc_per_node", "2"))
     recipe("evaluate", "--size", "ultra-tiny", "--md-ps", "0.005", "--nve-ps", "0.005",
-           "--md-molecules", "2", "--no-ship", *orb)
+           "--md-molecules", "2", "--nvt-seeds", "2", "--no-ship", *orb)
 
     from ase_distilled import load_checkpoint
     from ase_distilled.data import load
@@ -90,9 +93,11 @@ def test_recipe_distils_from_random_orb_end_to_end(tmp_path):
             in render_model_card("ultra-tiny", model))
     assert meta["training"]["select_group"] == "conformer"  # configs/ultra-tiny.toml
     assert meta["training"]["group_weights"] is None
-    assert len(meta["md"]["nvt"]) == 2
     md_molecules = [a for a in load(tmp_path / "test.h5")
                     if a.info["source"] == "conformer" and a.info["id"].endswith("/c00")][:2]
+    assert [(run["seed"], run["molecule"]) for run in meta["md"]["nvt"]] == [
+        (seed, atoms.info["molecule"]) for seed in (0, 1) for atoms in md_molecules]
+    assert "once with each of 2 seeds: " in meta["md"]["summary"]
     hydrogens = sum(int((a.numbers == 1).sum()) for a in md_molecules)
     assert meta["metrics"]["test_hydrogen_pull"]["bonds"] == hydrogens > 0
     assert "Bonds to hydrogen pulled longer" in render_model_card("ultra-tiny", model)

@@ -69,6 +69,10 @@ def distributed_from_env():
     dist.init_process_group(backend="nccl" if cuda else "gloo")
     try:
         yield
+        # Leave together: rank 0 still writes the checkpoint and the learning curve after
+        # the last collective, and a peer that closed its connections meanwhile can abort
+        # it from inside gloo (SIGABRT, seen once in CI).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
