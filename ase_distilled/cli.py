@@ -254,6 +254,9 @@ def _add_label(subparsers):
     group.add_argument("--stretch", type=float, nargs="*", default=list(default.stretch),
                        metavar="Å", help="lengthen one bond to hydrogen by each of these, "
                                          "one copy each (default: none)")
+    group.add_argument("--push", type=float, nargs="*", default=list(default.push),
+                       metavar="DEGREES", help="bend one hydrogen toward a nearby atom by "
+                                               "each of these, one copy each (default: none)")
     group.add_argument("--md-temperatures", type=float, nargs="*", metavar="K",
                        default=list(default.md_temperatures),
                        help="teacher-driven Langevin MD temperatures (default: none)")
@@ -280,7 +283,8 @@ def _run_label(args):
 
     sampling = Sampling(
         conformers=args.conformers, rattle=tuple(args.rattle), rattles=args.rattles,
-        stretch=tuple(args.stretch), md_temperatures=tuple(args.md_temperatures),
+        stretch=tuple(args.stretch), push=tuple(args.push),
+        md_temperatures=tuple(args.md_temperatures),
         md_frames=args.md_frames, md_interval=args.md_interval, md_timestep=args.md_timestep,
         max_strain=args.max_strain, seed=args.seed)
     result = label(args.inputs, args.teacher, args.out, sampling=sampling, shard=args.shard,

@@ -11,6 +11,22 @@ def _fmt(value, spec):
     return NOT_MEASURED if value is None else format(value, spec)
 
 
+def _hydrogen_wall(meta, key, amounts, heading, what) -> list:
+    """Card lines for one hydrogen probe of the recipe's evaluation (none if not measured):
+    the teacher's mean energy rise per amount and the student's relative error."""
+    probe = meta.get("metrics", {}).get(key)
+    if not probe:
+        return []
+    lines = ["", f"{what} ({probe['bonds']} hydrogens of the MD test molecules, one at a "
+             "time, all else at rest): energy rise against the teacher's.", "",
+             f"| {heading} | teacher rise (eV) | student error: mean | lowest (softest) |",
+             "|---|---|---|---|"]
+    return lines + [f"| {amount:g} | {rise:.2f} | {mean:+.1%} | {low:+.1%} |"
+                    for amount, rise, mean, low in zip(
+                        probe[amounts], probe["teacher_mean_eV"],
+                        probe["mean_relative_error"], probe["lowest_relative_error"])]
+
+
 def _force_row(label, m):
     return (f"| {label} | {m.get('num_atoms', '')} | {_fmt(m.get('r2'), '.4f')} | "
             f"{_fmt(m.get('rmse'), '.4f')} | {_fmt(m.get('mae'), '.4f')} | "
@@ -59,15 +75,10 @@ def render_model_card(name: str, model) -> str:
         lines.append(f"Energy difference between the two conformers of each of {pairs['pairs']} "
                      f"test molecules: MAE {pairs['mae_meV']:.0f} meV against the teacher's "
                      f"(whose differences average {pairs['teacher_mean_abs_meV']:.0f} meV).")
-    pulls = meta.get("metrics", {}).get("test_hydrogen_pull")
-    if pulls:
-        lines += ["", f"Bonds to hydrogen pulled longer ({pulls['bonds']} hydrogens of the MD "
-                  "test molecules, one at a time, all else at rest): energy rise against the "
-                  "teacher's.", "", "| pulled by (Å) | teacher rise (eV) | student error: mean "
-                  "| lowest (softest) |", "|---|---|---|---|"]
-        lines += [f"| {pull:g} | {rise:.2f} | {mean:+.1%} | {low:+.1%} |" for pull, rise, mean, low
-                  in zip(pulls["pulls_A"], pulls["teacher_mean_eV"],
-                         pulls["mean_relative_error"], pulls["lowest_relative_error"])]
+    lines += _hydrogen_wall(meta, "test_hydrogen_pull", "pulls_A", "pulled by (Å)",
+                            "Bonds to hydrogen pulled longer")
+    lines += _hydrogen_wall(meta, "test_hydrogen_push", "pushes_deg", "bent by (°)",
+                            "Hydrogens bent toward their nearest neighbour about their partner")
     lines.append("")
     lines += ["## MD stability", md.get("summary", NOT_MEASURED), ""]
     lines += ["## Speed", speed.get("summary", NOT_MEASURED), ""]

@@ -22,9 +22,9 @@ SMILES = ["CCO", "CC(=O)O", "c1ccccc1", "CCN", "OCCO", "CC(C)O", "C1CCCCC1", "NC
           "COC", "CCCC", "OC1CCNCC1", "c1ccncc1", "CC(=O)NC", "OCC(O)CO", "C1CCOC1",
           "CCOC(=O)C", "NCCO", "CC#N", "c1ccoc1", "CN(C)C=O"]
 OPTIONS = ["--teacher", "emt", "--conformers", "2", "--rattle", "0.05", "--stretch", "0.2",
-           "--md-temperatures", "400", "--md-frames", "3", "--md-interval", "5"]
-SAMPLING = Sampling(conformers=2, rattle=(0.05,), stretch=(0.2,), md_temperatures=(400.0,),
-                    md_frames=3, md_interval=5)
+           "--push", "30", "--md-temperatures", "400", "--md-frames", "3", "--md-interval", "5"]
+SAMPLING = Sampling(conformers=2, rattle=(0.05,), stretch=(0.2,), push=(30.0,),
+                    md_temperatures=(400.0,), md_frames=3, md_interval=5)
 
 
 @pytest.fixture
@@ -141,7 +141,8 @@ def test_shards_merge_and_info(smi, tmp_path, capsys):
     assert main(["dataset", "info", str(merged)]) == 0
     text = capsys.readouterr().out
     assert "teacher     emt (ase" in text
-    per_conformer = 1 + len(SAMPLING.rattle) + len(SAMPLING.stretch) + SAMPLING.md_frames
+    per_conformer = 1 + len(SAMPLING.rattle) + len(SAMPLING.stretch) + len(SAMPLING.push) \
+        + SAMPLING.md_frames
     assert f"structures  {5 * 2 * per_conformer}" in text and "molecules 5" in text
     assert "elements    H " in text and "force_norm" in text
 

@@ -30,15 +30,19 @@ def _recipe_module():
     return module
 
 
-def test_hydrogen_pull_measures_a_softer_wall():
+def test_hydrogen_pull_and_push_measure_a_softer_wall():
     molecules = [molecule("CH3OH"), molecule("NH3")]
     teacher = EMT()
     half = LinearCombinationCalculator([EMT()], [0.5])  # every energy rise halved
-    pulls = _recipe_module().hydrogen_pull_energies(molecules, half, teacher, pulls=(0.2, 0.5))
+    recipe = _recipe_module()
+    pulls = recipe.hydrogen_pull_energies(molecules, half, teacher, pulls=(0.2, 0.5))
     assert pulls["bonds"] == 4 + 3 and pulls["pulls_A"] == [0.2, 0.5]
     assert np.all(np.diff(pulls["teacher_mean_eV"]) > 0)  # pulling further costs more
-    np.testing.assert_allclose(pulls["mean_relative_error"], -0.5, atol=1e-9)
-    np.testing.assert_allclose(pulls["lowest_relative_error"], -0.5, atol=1e-9)
+    pushes = recipe.hydrogen_push_energies(molecules, half, teacher, pushes=(20.0, 40.0))
+    assert pushes["bonds"] == 4 + 3 and pushes["pushes_deg"] == [20.0, 40.0]
+    for probe in (pulls, pushes):
+        np.testing.assert_allclose(probe["mean_relative_error"], -0.5, atol=1e-9)
+        np.testing.assert_allclose(probe["lowest_relative_error"], -0.5, atol=1e-9)
 
 
 def test_shipped_index_summaries_come_from_the_checkpoints():
@@ -64,7 +68,7 @@ def test_recipe_distils_from_random_orb_end_to_end(tmp_path):
 
     recipe("molecules", "--train-molecules", "8", "--test-molecules", "3",  # >= 1 val scaffold
            "--extra-molecules", "2", "--rare-molecules", "2", "--stretch-molecules", "2",
-           "--more-molecules", "2")
+           "--more-molecules", "2", "--push-molecules", "2")
     orb = ["--teacher", "orb-v3-direct-20-omat", "--weights", "random"]
     recipe("label", *orb)
     # `student` is `train` then `evaluate`; training runs one process per core under torchrun.
@@ -100,13 +104,19 @@ def test_recipe_distils_from_random_orb_end_to_end(tmp_path):
     assert "once with each of 2 seeds: " in meta["md"]["summary"]
     hydrogens = sum(int((a.numbers == 1).sum()) for a in md_molecules)
     assert meta["metrics"]["test_hydrogen_pull"]["bonds"] == hydrogens > 0
-    assert "Bonds to hydrogen pulled longer" in render_model_card("ultra-tiny", model)
-    # The extra (sulfur, stretched bonds to hydrogen), rare-chemistry, bond-breaking and
-    # further molecules are trained on too.
+    assert meta["metrics"]["test_hydrogen_push"]["bonds"] == hydrogens
+    card = render_model_card("ultra-tiny", model)
+    assert "Bonds to hydrogen pulled longer" in card and "| bent by (°) |" in card
+    # The extra (sulfur, stretched bonds to hydrogen), rare-chemistry, bond-breaking,
+    # further and pushed-hydrogen molecules are trained on too.
     assert [f["file"] for f in meta["data"]["files"]] == ["train.h5", "extra.h5", "rare.h5",
-                                                          "stretch.h5", "more.h5"]
+                                                          "stretch.h5", "more.h5", "push.h5"]
     assert meta["data"]["files"][1]["sampling"]["stretch"] == [0.1, 0.25, 0.4]
     assert meta["data"]["files"][3]["sampling"]["stretch"] == [0.3, 0.6, 0.9, 1.2]
+    assert meta["data"]["files"][5]["sampling"]["push"] == [15.0, 30.0, 45.0]
+    train_part = set((tmp_path / "train.smi").read_text().split())
+    assert not set((tmp_path / "push.smi").read_text().split()) & (
+        train_part | set((tmp_path / "test.smi").read_text().split()))
     rare = (tmp_path / "rare.smi").read_text().split()
     assert len(rare) == 2 and all(
         any(halogen in smiles for halogen in ("F", "Cl", "Br")) or smiles.upper().count("N") >= 4

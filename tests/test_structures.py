@@ -9,6 +9,8 @@ from ase.calculators.emt import EMT
 from ase_distilled.data.structures import (
     Sampling,
     crystal_units,
+    push_hydrogen,
+    pushed,
     rattled,
     smiles_units,
     stretched,
@@ -100,6 +102,42 @@ def test_stretched_copies_lengthen_one_bond_to_hydrogen_by_the_amplitude():
     # A dataset written before `stretch` existed still resumes: absent = none.
     old = Sampling(seed=3).to_json().replace(', "stretch": []', "")
     assert "stretch" not in old and Sampling.from_json(old) == Sampling(seed=3)
+
+
+def test_push_turns_a_hydrogen_toward_its_target_about_its_partner():
+    atoms = molecule("CH4")
+    copy = push_hydrogen(atoms, 1, 30.0, target=2)
+    assert copy.get_angle(1, 0, 2) == pytest.approx(atoms.get_angle(1, 0, 2) - 30.0, abs=1e-6)
+    assert copy.get_distance(0, 1) == pytest.approx(atoms.get_distance(0, 1))
+    np.testing.assert_array_equal(np.delete(copy.positions, 1, axis=0),
+                                  np.delete(atoms.positions, 1, axis=0))
+    # The turn stops on the carbon-target line: never past the target's side.
+    stopped = push_hydrogen(atoms, 1, 150.0, target=2)
+    assert stopped.get_angle(1, 0, 2) == pytest.approx(0.0, abs=1e-4)
+    # By default, toward the nearest atom but the partner: here hydrogen 2.
+    np.testing.assert_array_equal(push_hydrogen(atoms, 1, 30.0).positions, copy.positions)
+
+
+def test_pushed_copies_close_one_angle_at_a_hydrogen_by_each_amount():
+    atoms = molecule("CH3CH2OH")
+    atoms.info["id"] = "x/c00"
+    sampling = Sampling(push=(15.0, 40.0), seed=3)
+    copies = pushed(atoms, sampling)
+    assert [c.info["id"] for c in copies] == ["x/c00/push15.0", "x/c00/push40.0"]
+    assert [c.info["source"] for c in copies] == ["push:15", "push:40"]
+    heavy = np.flatnonzero(atoms.numbers != 1)
+    for copy, degrees in zip(copies, sampling.push):
+        (moved,) = np.flatnonzero(np.linalg.norm(copy.positions - atoms.positions, axis=1))
+        assert copy.numbers[moved] == 1
+        partner = heavy[np.argmin(atoms.get_distances(moved, heavy))]
+        assert copy.get_distance(moved, partner) == pytest.approx(
+            atoms.get_distance(moved, partner))
+        closed = [atoms.get_angle(moved, partner, k) - copy.get_angle(moved, partner, k)
+                  for k in range(len(atoms)) if k not in (moved, partner)
+                  and atoms.get_distance(moved, k) < 3.0]
+        assert max(closed) == pytest.approx(degrees, abs=1e-6)  # toward one of them
+    np.testing.assert_array_equal(copies[1].positions, pushed(atoms, sampling)[1].positions)
+    assert pushed(molecule("H2"), sampling) == []
 
 
 def test_crystals_are_strained_periodic_supercells():

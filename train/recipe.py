@@ -58,8 +58,16 @@ STRETCH_SAMPLING = dict(conformers=2, rattle=(0.05,), rattles=1, stretch=(0.3, 0
 # New molecules bought more per epoch than more epochs on the same ones (round 9's
 # 400, round 12's 600), and a restart on the same data bought about 5 % (rounds 15-16).
 NUM_MORE = 955  # every training-part molecule left with a scaffold of its own
+# Pushed-hydrogen molecules (since round 20): training-part molecules not chosen yet
+# (their scaffolds are those of chosen training molecules: no test scaffold), each
+# conformer with one hydrogen bent toward a nearby atom by each angle. Rounds 18-19's
+# tiny lost a hydrogen whose H-C-H angle closed to 75°, where the teacher rises 2-3 eV
+# and those students fell: no data had closed such an angle (train/README.md, round 19).
+NUM_PUSH = 600
+PUSH_SAMPLING = dict(conformers=2, rattle=(0.05,), rattles=1, push=(15.0, 30.0, 45.0), seed=0)
 SAMPLING = {"test": TEST_SAMPLING, "train": TRAIN_SAMPLING, "extra": EXTRA_SAMPLING,
-            "rare": TRAIN_SAMPLING, "stretch": STRETCH_SAMPLING, "more": TRAIN_SAMPLING}
+            "rare": TRAIN_SAMPLING, "stretch": STRETCH_SAMPLING, "more": TRAIN_SAMPLING,
+            "push": PUSH_SAMPLING}
 
 
 def scaffold_bucket(scaffold: str) -> int:
@@ -73,11 +81,13 @@ def is_rare_chemistry(elements: Counter) -> bool:
 
 def select_molecules(work: Path, num_train: int = NUM_TRAIN, num_test: int = NUM_TEST,
                      num_extra: int = NUM_EXTRA, num_rare: int = NUM_RARE,
-                     num_stretch: int = NUM_STRETCH, num_more: int = NUM_MORE) -> dict:
+                     num_stretch: int = NUM_STRETCH, num_more: int = NUM_MORE,
+                     num_push: int = NUM_PUSH) -> dict:
     """Write ``<part>.smi`` for every part of ``SAMPLING``: molecules whose scaffolds
-    never meet. ``extra``, ``rare``, ``stretch`` and ``more`` come from the
-    training-part molecules after the first ``num_train``: sulfur-bearing ones, then
-    rare-chemistry ones, then any (``stretch``, then ``more``)."""
+    never meet, but for ``push``. ``extra``, ``rare``, ``stretch`` and ``more`` come
+    from the training-part molecules after the first ``num_train``: sulfur-bearing
+    ones, then rare-chemistry ones, then any (``stretch``, then ``more``); ``push``
+    takes the first ``num_push`` training-part molecules chosen for no other part."""
     from rdkit import Chem, RDLogger
     from rdkit.Chem.Scaffolds import MurckoScaffold
 
@@ -101,6 +111,8 @@ def select_molecules(work: Path, num_train: int = NUM_TRAIN, num_test: int = NUM
             if len(chosen[part]) < wanted and accepts(elements) and scaffold not in taken:
                 chosen[part].append((line, scaffold, elements))
                 taken.add(scaffold)
+    used = {line for part in chosen.values() for line, _, _ in part}
+    chosen["push"] = [entry for entry in parts["train"] if entry[0] not in used][:num_push]
     work.mkdir(parents=True, exist_ok=True)
     for part, smiles in chosen.items():
         (work / f"{part}.smi").write_text("".join(f"{line}\n" for line, _, _ in smiles))
@@ -185,6 +197,7 @@ def evaluate_student(work: Path, model, md_ps: float, nve_ps: float, teacher: st
     md_molecules = rest[:md_molecules]
     reference = get_teacher(teacher, weights=weights)
     bond_walls = hydrogen_pull_energies(md_molecules, calc, reference)
+    bend_walls = hydrogen_push_energies(md_molecules, calc, reference)
     # Side by side, far apart: one force call per step for all of them.
     nvt = [{**run.metrics(), "seed": seed, "molecule": atoms.info["molecule"]}
            for seed in range(nvt_seeds)
@@ -233,7 +246,8 @@ def evaluate_student(work: Path, model, md_ps: float, nve_ps: float, teacher: st
                         "test_energy_mae_per_atom": report.metrics[
                             "energy_mae_per_atom"],
                         "test_conformer_energy_difference": conformer_energies,
-                        "test_hydrogen_pull": bond_walls},
+                        "test_hydrogen_pull": bond_walls,
+                        "test_hydrogen_push": bend_walls},
             "md": {"nvt": nvt, "nve": nve, "summary": md_summary},
             "speed": {"student_ms": student_ms, "teacher_ms": teacher_ms,
                       "summary": speed_summary}}
@@ -267,25 +281,46 @@ def hydrogen_pull_energies(molecules, calc, reference,
     Every hydrogen of each molecule, in turn, is pulled from its nearest heavy atom
     by each of ``pulls`` Å (all else at rest; where MD breaks bonds first; the last ones
     reach past the longest stretch of the training data, ``STRETCH_SAMPLING``, where a
-    wall learnt only as far as the data reached falls again). Per pull:
-    the teacher's mean energy rise, and the relative error of the student's rise,
-    ``(dE_student - dE_teacher) / dE_teacher``, averaged and at its lowest (a
-    softer wall than the teacher's is what lets a hydrogen escape).
+    wall learnt only as far as the data reached falls again). See :func:`_hydrogen_walls`.
     """
-    import numpy as np
-
     from ase_distilled.data.structures import stretch_hydrogen
+
+    return {"pulls_A": list(pulls), **_hydrogen_walls(molecules, calc, reference, pulls,
+                                                      stretch_hydrogen)}
+
+
+def hydrogen_push_energies(molecules, calc, reference, pushes=(15.0, 30.0, 45.0, 60.0)) -> dict:
+    """How steeply the student resists a hydrogen bent toward its nearest neighbour.
+
+    Every hydrogen of each molecule, in turn, turns about its bonded partner toward
+    the nearest other atom (a geminal hydrogen, an atom two bonds away) by each of
+    ``pushes`` degrees, all else at rest: the motion that lost rounds 18-19's tiny a
+    hydrogen (train/README.md, round 19). The last push reaches past the largest of
+    the training data, ``PUSH_SAMPLING``. See :func:`_hydrogen_walls`.
+    """
+    from ase_distilled.data.structures import push_hydrogen
+
+    return {"pushes_deg": list(pushes), **_hydrogen_walls(molecules, calc, reference, pushes,
+                                                          push_hydrogen)}
+
+
+def _hydrogen_walls(molecules, calc, reference, amounts, move) -> dict:
+    """Energy rise of each hydrogen of each molecule moved by ``move(atoms, hydrogen,
+    amount)`` per amount, student against teacher. Per amount: the teacher's mean
+    rise, and the relative error of the student's rise, ``(dE_student - dE_teacher) /
+    dE_teacher``, averaged and at its lowest (a softer wall than the teacher's is
+    what lets a hydrogen escape)."""
+    import numpy as np
 
     rises = {"student": [], "teacher": []}
     for atoms in molecules:
         for who, c in (("student", calc), ("teacher", reference)):
             at_rest = c.get_potential_energy(atoms.copy())
-            rises[who] += [[c.get_potential_energy(stretch_hydrogen(atoms, h, pull)) - at_rest
-                            for pull in pulls] for h in np.flatnonzero(atoms.numbers == 1)]
+            rises[who] += [[c.get_potential_energy(move(atoms, h, amount)) - at_rest
+                            for amount in amounts] for h in np.flatnonzero(atoms.numbers == 1)]
     student, teacher = (np.array(rises[who]) for who in ("student", "teacher"))
     relative = (student - teacher) / teacher
-    return {"pulls_A": list(pulls), "bonds": len(teacher),
-            "teacher_mean_eV": teacher.mean(axis=0).tolist(),
+    return {"bonds": len(teacher), "teacher_mean_eV": teacher.mean(axis=0).tolist(),
             "mean_relative_error": relative.mean(axis=0).tolist(),
             "lowest_relative_error": relative.min(axis=0).tolist()}
 
@@ -334,6 +369,7 @@ def molecule_count(work: Path, part: str) -> int:
 
 def describe_data(work: Path, model):
     """Put the plain-words descriptions of training and test data into the metadata."""
+    files = [f["file"] for f in model.metadata["data"]["files"]]
     model.metadata["data_description"] = (
         f"{model.metadata['data']['molecules']} MOSES molecules "
         f"(train/data/moses_5k.smi, scaffold split, see train/recipe.py); per molecule "
@@ -347,8 +383,10 @@ def describe_data(work: Path, model):
         f"sampled only as conformers, one rattle each and one bond to hydrogen "
         f"stretched by each of {STRETCH_SAMPLING['stretch']} Å"
         + (f"; {molecule_count(work, 'more')} more of any chemistry, sampled as the first "
-           f"{molecule_count(work, 'train')}."
-           if any(f["file"] == "more.h5" for f in model.metadata["data"]["files"]) else "."))
+           f"{molecule_count(work, 'train')}" if "more.h5" in files else "")
+        + (f"; {molecule_count(work, 'push')} more sampled only as conformers, one rattle "
+           f"each and one hydrogen bent toward a nearby atom by each of "
+           f"{PUSH_SAMPLING['push']} degrees" if "push.h5" in files else "") + ".")
     model.metadata["test_description"] = (
         f"{molecule_count(work, 'test')} molecules whose Bemis-Murcko "
         f"scaffolds are in no training molecule: "
@@ -390,6 +428,7 @@ def main(argv=None):
     parser.add_argument("--rare-molecules", type=int, default=NUM_RARE)
     parser.add_argument("--stretch-molecules", type=int, default=NUM_STRETCH)
     parser.add_argument("--more-molecules", type=int, default=NUM_MORE)
+    parser.add_argument("--push-molecules", type=int, default=NUM_PUSH)
     parser.add_argument("--max-time", type=float, help="training budget in minutes")
     parser.add_argument("--epochs", type=int, help="override the config's epochs")
     parser.add_argument("--init", type=Path, help="fine-tune this student checkpoint")
@@ -410,7 +449,8 @@ def main(argv=None):
     if args.stage == "molecules":
         print(select_molecules(args.work, args.train_molecules, args.test_molecules,
                                args.extra_molecules, args.rare_molecules,
-                               args.stretch_molecules, args.more_molecules))
+                               args.stretch_molecules, args.more_molecules,
+                               args.push_molecules))
     elif args.stage == "label":
         label_molecules(args.work, args.teacher, args.weights, args.shard)
     elif args.stage == "merge":

@@ -58,6 +58,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from ase_distilled.data.structures import (
     Sampling,
+    pushed,
     rattled,
     stretched,
     teacher_md,
@@ -491,10 +492,12 @@ def label(inputs, teacher, out, *, sampling=None, shard=None, bulk=(), limit=Non
 
 
 def _label_unit(unit, calc, sampling, batch_size) -> list:
-    """All labelled structures of one unit: base, rattled and stretched copies, teacher MD."""
+    """All labelled structures of one unit: base, rattled, stretched and pushed copies,
+    teacher MD."""
     base = unit.build(sampling)
-    structures = base + [copy for atoms in base
-                         for copy in rattled(atoms, sampling) + stretched(atoms, sampling)]
+    structures = base + [copy for atoms in base for copy in
+                         rattled(atoms, sampling) + stretched(atoms, sampling)
+                         + pushed(atoms, sampling)]
     labelled = []
     for start in range(0, len(structures), batch_size):
         batch = structures[start:start + batch_size]

@@ -6,16 +6,19 @@ stable key (``"moses_5k:000123"``, ``"bulk:Cu"``) and builds its *base*
 structures on demand: RDKit conformers (ETKDG + MMFF), the frame itself, or
 strained copies of a crystal. :func:`rattled` adds copies at several
 amplitudes; :func:`stretched` adds copies with one bond to hydrogen pulled
-longer (the wall a bond meets before it breaks); :func:`teacher_md` adds short
+longer (the wall a bond meets before it breaks); :func:`pushed` adds copies with
+one hydrogen bent toward a neighbour (the wall that keeps it from atoms it is
+not bonded to); :func:`teacher_md` adds short
 Langevin snapshots driven by the teacher at several temperatures. Every random
 choice is seeded from ``Sampling.seed`` and the structure's id, so rerunning
 the same command rebuilds exactly the same structures and ids, which is what
 lets a labelling run resume or be sharded.
 
 Structure ids are ``"<unit key>/c<k>"`` for base structures, with
-``"/rattle<amplitude>-<k>"``, ``"/stretch<Å>"`` or ``"/md<T>K-<frame>"`` appended
-for derived ones. ``atoms.info`` also carries ``source`` (``"conformer"``, ``"file"``,
-``"bulk"``, ``"rattle:<Å>"``, ``"stretch:<Å>"`` or ``"md:<K>"``: the distortion level),
+``"/rattle<amplitude>-<k>"``, ``"/stretch<Å>"``, ``"/push<degrees>"`` or ``"/md<T>K-<frame>"``
+appended for derived ones. ``atoms.info`` also carries ``source`` (``"conformer"``,
+``"file"``, ``"bulk"``, ``"rattle:<Å>"``, ``"stretch:<Å>"``, ``"push:<degrees>"`` or
+``"md:<K>"``: the distortion level),
 ``molecule`` (canonical SMILES, ``info["molecule"]`` of a file, else the
 chemical formula, or the crystal name), ``scaffold`` (Bemis-Murcko scaffold
 for SMILES, ``""`` for acyclic molecules; else equal to ``molecule``),
@@ -51,6 +54,9 @@ class Sampling:
     stretch : tuple of float
         Lengthenings (Å) of one random bond to hydrogen: one copy per amplitude and
         base structure (see :func:`stretched`).
+    push : tuple of float
+        Angles (degrees) by which one random hydrogen is bent toward a random nearby
+        atom: one copy per angle and base structure (see :func:`pushed`).
     md_temperatures : tuple of float
         Temperatures (K) of the teacher-driven Langevin runs, one per base structure each.
     md_frames, md_interval : int
@@ -66,6 +72,7 @@ class Sampling:
     rattle: tuple = (0.02, 0.05, 0.1)
     rattles: int = 1
     stretch: tuple = ()
+    push: tuple = ()
     md_temperatures: tuple = ()
     md_frames: int = 4
     md_interval: int = 10
@@ -307,26 +314,90 @@ def stretched(atoms, sampling) -> list:
     breaks bonds to hydrogen first, so a student must learn how steeply they resist.
     Structures without hydrogen (or with hydrogen only) yield no copies.
     """
-    hydrogens = np.flatnonzero(atoms.numbers == 1)
-    if not len(hydrogens) or len(hydrogens) == len(atoms):
-        return []
-    copies = []
-    for amplitude in sampling.stretch:
-        id = f"{atoms.info['id']}/stretch{amplitude:.3f}"
-        copy = stretch_hydrogen(atoms, _rng(sampling.seed, id).choice(hydrogens), amplitude)
-        copy.info.update(id=id, source=f"stretch:{amplitude:g}")
-        copies.append(copy)
-    return copies
+    return _one_hydrogen_moved(atoms, sampling, "stretch", sampling.stretch, ".3f",
+                               lambda atoms, hydrogen, amplitude, rng:
+                               stretch_hydrogen(atoms, hydrogen, amplitude))
 
 
 def stretch_hydrogen(atoms, index: int, amplitude: float):
     """A copy of ``atoms`` with hydrogen ``index`` moved ``amplitude`` Å further from its
     nearest non-hydrogen atom, along the bond between them."""
-    partners = np.flatnonzero(atoms.numbers != 1)
-    to_partners = atoms.get_distances(index, partners, mic=True, vector=True)
-    to_partner = to_partners[np.argmin(np.linalg.norm(to_partners, axis=1))]
+    to_partner = atoms.get_distance(index, _partner(atoms, index), mic=True, vector=True)
     copy = atoms.copy()
     copy.positions[index] -= amplitude * to_partner / np.linalg.norm(to_partner)
+    return copy
+
+
+def pushed(atoms, sampling, reach: float = 3.0) -> list:
+    """Copies of ``atoms`` with one hydrogen bent toward a neighbour by each ``sampling.push``.
+
+    Per copy, a seeded random hydrogen and a seeded random atom within ``reach`` Å of
+    it (its bonded partner excepted: a geminal hydrogen, an atom two bonds away, a
+    close contact) are drawn; the hydrogen turns about its partner toward that atom
+    (:func:`push_hydrogen`), closing the angle between them. At rest and in 300 K
+    MD such angles hardly close, yet a student that never felt the wall against it
+    may let a hydrogen fall through (train/README.md, round 19). Structures without
+    hydrogen, or whose drawn hydrogen has no atom in reach, yield no copy.
+    """
+    def push_toward_random_neighbour(atoms, hydrogen, degrees, rng):
+        distances = atoms.get_distances(hydrogen, range(len(atoms)), mic=True)
+        near = [k for k in np.flatnonzero(distances < reach)
+                if k not in (hydrogen, _partner(atoms, hydrogen))]
+        return push_hydrogen(atoms, hydrogen, degrees, target=rng.choice(near)) if near else None
+
+    return _one_hydrogen_moved(atoms, sampling, "push", sampling.push, ".1f",
+                               push_toward_random_neighbour)
+
+
+def _one_hydrogen_moved(atoms, sampling, kind, amounts, id_format, move) -> list:
+    """Per amount, ``move(atoms, hydrogen, amount, rng)`` of a seeded random hydrogen,
+    tagged ``<id>/<kind><amount>`` and source ``<kind>:<amount>``; moves returning
+    None, and structures without hydrogen or with hydrogen only, yield no copy."""
+    hydrogens = np.flatnonzero(atoms.numbers == 1)
+    if not len(hydrogens) or len(hydrogens) == len(atoms):
+        return []
+    copies = []
+    for amount in amounts:
+        id = f"{atoms.info['id']}/{kind}{amount:{id_format}}"
+        rng = _rng(sampling.seed, id)
+        copy = move(atoms, rng.choice(hydrogens), amount, rng)
+        if copy is not None:
+            copy.info.update(id=id, source=f"{kind}:{amount:g}")
+            copies.append(copy)
+    return copies
+
+
+def _partner(atoms, hydrogen: int) -> int:
+    """The non-hydrogen atom nearest to ``hydrogen``: the atom it is bonded to."""
+    partners = np.flatnonzero(atoms.numbers != 1)
+    return partners[np.argmin(atoms.get_distances(hydrogen, partners, mic=True))]
+
+
+def push_hydrogen(atoms, index: int, degrees: float, target=None):
+    """A copy of ``atoms`` with hydrogen ``index`` turned by ``degrees`` about its bonded
+    partner toward atom ``target`` (default: the nearest atom but the partner), in the
+    plane of the three, its bond length kept.
+
+    The turn stops where the hydrogen reaches the partner-target line (it never
+    passes the target's side; a hydrogen already on it stays); everything else stays
+    where it was.
+    """
+    partner = _partner(atoms, index)
+    if target is None:
+        distances = atoms.get_distances(index, range(len(atoms)), mic=True)
+        distances[[index, partner]] = np.inf
+        target = np.argmin(distances)
+    bond = atoms.get_distance(partner, index, mic=True, vector=True)
+    toward = atoms.get_distance(partner, target, mic=True, vector=True)
+    length = np.linalg.norm(bond)
+    along = bond / length
+    across = toward - (toward @ along) * along
+    between = np.arctan2(np.linalg.norm(across), toward @ along)
+    turn = min(np.radians(degrees), between)
+    copy = atoms.copy()
+    if turn > 0:
+        copy.positions[index] = atoms.positions[partner] + length * (
+            np.cos(turn) * along + np.sin(turn) * across / np.linalg.norm(across))
     return copy
 
 
