@@ -294,9 +294,11 @@ def hydrogen_push_energies(molecules, calc, reference, pushes=(15.0, 30.0, 45.0,
 
     Every hydrogen of each molecule, in turn, turns about its bonded partner toward
     the nearest other atom (a geminal hydrogen, an atom two bonds away) by each of
-    ``pushes`` degrees, all else at rest: the motion that lost rounds 18-19's tiny a
-    hydrogen (train/README.md, round 19). The last push reaches past the largest of
-    the training data, ``PUSH_SAMPLING``. See :func:`_hydrogen_walls`.
+    ``pushes`` degrees, all else at rest: an angle at a hydrogen closing, as where
+    rounds 18-19's tiny lost one (train/README.md, round 19; there toward a ring
+    carbon, so this probe measures the bending wall in general and did not tell round
+    19 from round 13, round 20). The last push reaches past the largest of the
+    training data, ``PUSH_SAMPLING``. See :func:`_hydrogen_walls`.
     """
     from ase_distilled.data.structures import push_hydrogen
 
