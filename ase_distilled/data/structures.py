@@ -340,10 +340,9 @@ def pushed(atoms, sampling, reach: float = 3.0) -> list:
     hydrogen, or whose drawn hydrogen has no atom in reach, yield no copy.
     """
     def push_toward_random_neighbour(atoms, hydrogen, degrees, rng):
-        distances = atoms.get_distances(hydrogen, range(len(atoms)), mic=True)
-        near = [k for k in np.flatnonzero(distances < reach)
-                if k not in (hydrogen, _partner(atoms, hydrogen))]
-        return push_hydrogen(atoms, hydrogen, degrees, target=rng.choice(near)) if near else None
+        near = np.flatnonzero(_distances_to_others(atoms, hydrogen) < reach)
+        return (push_hydrogen(atoms, hydrogen, degrees, target=rng.choice(near))
+                if len(near) else None)
 
     return _one_hydrogen_moved(atoms, sampling, "push", sampling.push, ".1f",
                                push_toward_random_neighbour)
@@ -373,6 +372,13 @@ def _partner(atoms, hydrogen: int) -> int:
     return partners[np.argmin(atoms.get_distances(hydrogen, partners, mic=True))]
 
 
+def _distances_to_others(atoms, hydrogen: int):
+    """Distances from ``hydrogen`` to every atom, itself and its partner set to infinity."""
+    distances = atoms.get_distances(hydrogen, range(len(atoms)), mic=True)
+    distances[[hydrogen, _partner(atoms, hydrogen)]] = np.inf
+    return distances
+
+
 def push_hydrogen(atoms, index: int, degrees: float, target=None):
     """A copy of ``atoms`` with hydrogen ``index`` turned by ``degrees`` about its bonded
     partner toward atom ``target`` (default: the nearest atom but the partner), in the
@@ -384,9 +390,7 @@ def push_hydrogen(atoms, index: int, degrees: float, target=None):
     """
     partner = _partner(atoms, index)
     if target is None:
-        distances = atoms.get_distances(index, range(len(atoms)), mic=True)
-        distances[[index, partner]] = np.inf
-        target = np.argmin(distances)
+        target = np.argmin(_distances_to_others(atoms, index))
     bond = atoms.get_distance(partner, index, mic=True, vector=True)
     toward = atoms.get_distance(partner, target, mic=True, vector=True)
     length = np.linalg.norm(bond)
