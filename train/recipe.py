@@ -215,8 +215,9 @@ def evaluate_student(work: Path, model, md_ps: float, nve_ps: float, teacher: st
     md_summary = (
         f"NVT 300 K, 0.5 fs, {md_ps:g} ps on {len(md_molecules)} held-out molecules "
         f"({min(m['num_atoms'] for m in nvt)}-{max(m['num_atoms'] for m in nvt)} atoms, "
-        f"simulated side by side, out of each other's reach), once with each of "
-        f"{nvt_seeds} seeds: {stable}/{len(nvt)} runs stable (per seed: {per_seed}; stable: "
+        f"simulated side by side, out of each other's reach), "
+        + (f"once with each of {nvt_seeds} seeds" if nvt_seeds > 1 else "with seed 0")
+        + f": {stable}/{len(nvt)} runs stable (per seed: {per_seed}; stable: "
         f"no bond ever > 0.5 Å from its initial length; largest deviation "
         f"{max(m['max_bond_deviation_A'] for m in nvt):.2f} Å)"
         + (f"; unstable: {unstable}" if unstable else "") + ". NVE from 300 K, "
