@@ -72,7 +72,8 @@ def test_recipe_distils_from_random_orb_end_to_end(tmp_path):
     orb = ["--teacher", "orb-v3-direct-20-omat", "--weights", "random"]
     recipe("label", *orb)
     # `student` is `train` then `evaluate`; training runs one process per core under torchrun.
-    recipe("train", "--size", "ultra-tiny", "--epochs", "1", "--lr", "1e-3", *orb,
+    recipe("train", "--size", "ultra-tiny", "--epochs", "1", "--lr", "1e-3",
+           "--energy-weight", "5", *orb,
            launcher=("-m", "torch.distributed.run", "--nproc_per_node", "2"))
     recipe("evaluate", "--size", "ultra-tiny", "--md-ps", "0.005", "--nve-ps", "0.005",
            "--md-molecules", "2", "--nvt-seeds", "2", "--no-ship", *orb)
@@ -93,6 +94,8 @@ def test_recipe_distils_from_random_orb_end_to_end(tmp_path):
     assert (f"the two conformers of each of {pairs['pairs']} test molecules: MAE "
             in render_model_card("ultra-tiny", model))
     assert meta["training"]["lr"] == 1e-3 and meta["training"]["world_size"] == 2
+    assert meta["training"]["energy_weight"] == 5.0  # configs/ultra-tiny.toml says 1.0
+    assert "loss weights energy 5.0 / forces 10.0" in render_model_card("ultra-tiny", model)
     assert (f"batch {meta['training']['batch_size']} per process x 2 processes, "
             in render_model_card("ultra-tiny", model))
     assert meta["training"]["select_group"] == "conformer"  # configs/ultra-tiny.toml

@@ -150,14 +150,16 @@ def merge_shards(work: Path):
                   f"content sha256 {content_sha256(work / f'{part}.h5')}")
 
 
-def train_student(work: Path, size: str, max_time=None, epochs=None, init=None, lr=None):
+def train_student(work: Path, size: str, max_time=None, epochs=None, init=None, lr=None,
+                  energy_weight=None):
     """Train on every part but ``test`` (validation: 10 % of each one's scaffolds),
-    resuming if interrupted."""
+    resuming if interrupted. ``None`` settings keep ``configs/SIZE.toml``'s."""
     from ase_distilled.training import TrainConfig
     from ase_distilled.training.workflow import train_from_file
 
     config = TrainConfig.from_toml(HERE / "configs" / f"{size}.toml", max_time=max_time,
-                                   epochs=epochs, lr=lr, init_from=init and str(init),
+                                   epochs=epochs, lr=lr, energy_weight=energy_weight,
+                                   init_from=init and str(init),
                                    split_key="scaffold", split_fractions=[0.9, 0.1, 0.0])
     out = work / f"{size}.pt"
     files = [work / f"{part}.h5" for part in SAMPLING if part != "test"]
@@ -436,6 +438,8 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, help="override the config's epochs")
     parser.add_argument("--init", type=Path, help="fine-tune this student checkpoint")
     parser.add_argument("--lr", type=float, help="override the config's peak learning rate")
+    parser.add_argument("--energy-weight", type=float,
+                        help="override the config's per-atom energy loss weight")
     parser.add_argument("--md-ps", type=float, default=10.0, help="NVT ps per test molecule")
     parser.add_argument("--nve-ps", type=float, default=2.0, help="NVE ps per test molecule")
     # 10 molecules x 1 run passed a student that lost a hydrogen on the next 10 (round 8).
@@ -467,7 +471,7 @@ def main(argv=None):
         else:  # under torchrun: one process per core, rank 0 goes on to evaluate
             with distributed_from_env():
                 model = train_student(args.work, args.size, args.max_time, args.epochs,
-                                      args.init, args.lr)
+                                      args.init, args.lr, args.energy_weight)
                 if rank_and_world()[0] != 0:
                     return
         if args.stage != "train":
