@@ -56,6 +56,23 @@ def test_shipped_index_summaries_come_from_the_checkpoints():
         assert entry["summary"] == recipe.index_summary(model)
 
 
+def test_the_whole_source_keeps_the_parts_chosen_from_its_first_5000_lines(tmp_path):
+    """Round 24 widened the source from moses_5k.smi to the file it was cut from:
+    every earlier part must come out as before (their labels and the shipped
+    students' data stay valid), and the new part only from beyond line 5,000."""
+    recipe = _recipe_module()
+    whole = recipe.select_molecules(tmp_path / "whole")
+    recipe.SOURCE = RECIPE.parent / "data" / "moses_5k.smi"
+    recipe.select_molecules(tmp_path / "first5k", num_more20k=0)
+    for part in whole:
+        if part != "more20k":
+            assert ((tmp_path / "whole" / f"{part}.smi").read_text()
+                    == (tmp_path / "first5k" / f"{part}.smi").read_text()), part
+    first5k = set(recipe.SOURCE.read_text().split())
+    more20k = (tmp_path / "whole" / "more20k.smi").read_text().split()
+    assert len(more20k) == recipe.NUM_MORE20K and not set(more20k) & first5k
+
+
 @pytest.mark.slow
 def test_recipe_distils_from_random_orb_end_to_end(tmp_path):
     def recipe(*args, launcher=()):
@@ -68,7 +85,7 @@ def test_recipe_distils_from_random_orb_end_to_end(tmp_path):
 
     recipe("molecules", "--train-molecules", "8", "--test-molecules", "3",  # >= 1 val scaffold
            "--extra-molecules", "2", "--rare-molecules", "2", "--stretch-molecules", "2",
-           "--more-molecules", "2", "--push-molecules", "2")
+           "--more-molecules", "2", "--push-molecules", "2", "--more20k-molecules", "2")
     orb = ["--teacher", "orb-v3-direct-20-omat", "--weights", "random"]
     recipe("label", *orb)
     # `student` is `train` then `evaluate`; training runs one process per core under torchrun.
@@ -111,9 +128,9 @@ def test_recipe_distils_from_random_orb_end_to_end(tmp_path):
     card = render_model_card("ultra-tiny", model)
     assert "Bonds to hydrogen pulled longer" in card and "| bent by (°) |" in card
     # The extra (sulfur, stretched bonds to hydrogen), rare-chemistry, bond-breaking,
-    # further and pushed-hydrogen molecules are trained on too.
-    assert [f["file"] for f in meta["data"]["files"]] == ["train.h5", "extra.h5", "rare.h5",
-                                                          "stretch.h5", "more.h5", "push.h5"]
+    # further, pushed-hydrogen and further-yet molecules are trained on too.
+    assert [f["file"] for f in meta["data"]["files"]] == [
+        "train.h5", "extra.h5", "rare.h5", "stretch.h5", "more.h5", "push.h5", "more20k.h5"]
     assert meta["data"]["files"][1]["sampling"]["stretch"] == [0.1, 0.25, 0.4]
     assert meta["data"]["files"][3]["sampling"]["stretch"] == [0.3, 0.6, 0.9, 1.2]
     assert meta["data"]["files"][5]["sampling"]["push"] == [15.0, 30.0, 45.0]
