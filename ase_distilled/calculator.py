@@ -2,6 +2,7 @@
 
 import copy
 import dataclasses
+import warnings
 
 import numpy as np
 import torch
@@ -50,13 +51,21 @@ class DistilledCalculator(Calculator):
     Energy is in eV, forces in eV/Å, and stress (only for cells periodic in all
     three directions) in eV/Å^3, Voigt order ``xx yy zz yz xz xy``, sign as ASE.
 
+    Students that carry an uncertainty (every shipped one; see
+    :mod:`ase_distilled.models.uncertainty`) also put ``energy_uncertainty`` (eV)
+    and ``forces_uncertainty`` ((N,) eV/Å, the expected RMS error of a force
+    component of each atom) in ``results``, and warn once per system (a set of
+    atomic numbers) whose largest per-atom uncertainty passes the calibrated
+    threshold: it holds environments outside the student's training chemistry.
+
     Examples
     --------
     >>> atoms.calc = DistilledCalculator("tiny")          # doctest: +SKIP
     >>> atoms.get_forces()                                # doctest: +SKIP
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+    implemented_properties = ["energy", "free_energy", "forces", "stress",
+                              "energy_uncertainty", "forces_uncertainty"]
 
     def __init__(self, model, *, device=None, dtype="float32", skin=0.5,
                  neighbor_backend="vesin", reuse_memory=True, **kwargs):
@@ -77,7 +86,9 @@ class DistilledCalculator(Calculator):
             parameter.requires_grad_(False)
         self.metadata = getattr(self.model, "metadata", {})
         self.neighbors = NeighborCache(self.model.cutoff, skin, neighbor_backend)
+        self.uncertainty = getattr(self.model, "uncertainty", None)
         self._batch = None
+        self._warned = set()
 
     @property
     def cutoff(self) -> float:
@@ -129,6 +140,7 @@ class DistilledCalculator(Calculator):
         if self.neighbors.builds != builds:
             _check_overlaps(batch, edge_index, shifts)
         out = self.model.predict(batch, edge_index, shifts, compute_stress=want_stress)
+        self._add_uncertainty(out, batch, [self.atoms])
         self.results = _to_results(out, 0, slice(None), want_stress)
 
     def predict_batch(self, atoms_list) -> list:
@@ -143,8 +155,9 @@ class DistilledCalculator(Calculator):
         Returns
         -------
         list of dict
-            One per structure: ``energy`` (float), ``forces`` (N, 3) and, for cells
-            periodic in all three directions, ``stress`` (6,) in Voigt order.
+            One per structure: ``energy`` (float), ``forces`` (N, 3), for cells
+            periodic in all three directions ``stress`` (6,) in Voigt order, and for
+            students with an uncertainty ``energy_uncertainty`` and ``forces_uncertainty``.
         """
         for atoms in atoms_list:
             self.check_atoms(atoms)
@@ -155,15 +168,45 @@ class DistilledCalculator(Calculator):
         _check_overlaps(batch, edge_index, shifts)
         periodic = batch.pbc.all(dim=1).tolist()
         out = self.model.predict(batch, edge_index, shifts, compute_stress=any(periodic))
+        self._add_uncertainty(out, batch, atoms_list)
         bounds = np.concatenate([[0], np.cumsum(batch.num_atoms.tolist())])
         return [_to_results(out, k, slice(bounds[k], bounds[k + 1]), periodic[k])
                 for k in range(len(atoms_list))]
+
+
+    def _add_uncertainty(self, out, batch, atoms_list):
+        """Add the uncertainty to the model's output, and warn for systems past its threshold."""
+        if self.uncertainty is None or "features" not in out:
+            return
+        with torch.no_grad():
+            energy, forces = self.uncertainty(out["features"], self.model.species_of(batch.numbers),
+                                              batch.system, batch.num_systems)
+        out["energy_uncertainty"], out["forces_uncertainty"] = energy, forces
+        over = forces > self.uncertainty.threshold
+        if not bool(over.any()):
+            return
+        threshold = float(self.uncertainty.threshold)
+        for k in torch.unique(batch.system[over]).tolist():
+            largest = forces[batch.system == k].max()
+            key = atoms_list[k].numbers.tobytes()
+            if key not in self._warned:
+                self._warned.add(key)
+                warnings.warn(
+                    f"{atoms_list[k].get_chemical_formula()}: force uncertainty up to "
+                    f"{float(largest):.2f} eV/Å, above this student's calibrated "
+                    f"{threshold:.2f}: the structure is outside this student's training "
+                    f"chemistry and its forces may be far from the teacher's. `ase-distilled "
+                    f"distill` specialises the student to your molecules.", stacklevel=4)
 
 
 def _to_results(out, k, atoms_slice, with_stress) -> dict:
     energy = float(out["energy"][k].detach())
     results = {"energy": energy, "free_energy": energy,
                "forces": out["forces"][atoms_slice].detach().cpu().double().numpy()}
+    if "energy_uncertainty" in out:
+        results["energy_uncertainty"] = float(out["energy_uncertainty"][k])
+        results["forces_uncertainty"] = (
+            out["forces_uncertainty"][atoms_slice].cpu().double().numpy())
     if with_stress:
         stress = out["stress"][k].detach().cpu().double().numpy()
         results["stress"] = full_3x3_to_voigt_6_stress(stress)

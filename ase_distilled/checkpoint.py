@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ase_distilled.models.painn import PaiNN, PaiNNConfig
+from ase_distilled.models.uncertainty import LatentDistance
 
 FORMAT_VERSION = 1
 _WRAPPER_PREFIXES = ("model.", "module.", "_orig_mod.")
@@ -92,8 +93,11 @@ def load_checkpoint(path) -> PaiNN:
     """Rebuild the student stored at ``path``; its metadata is in ``model.metadata``."""
     data = read_checkpoint(path)
     model = PaiNN(PaiNNConfig(**data["model_config"]))
+    state = strip_wrapper_prefix(data["state_dict"])
+    if any(key.startswith("uncertainty.") for key in state):
+        model.uncertainty = LatentDistance(len(model.elements), model.hidden)
     try:
-        model.load_state_dict(strip_wrapper_prefix(data["state_dict"]))
+        model.load_state_dict(state)
     except RuntimeError as error:
         raise CheckpointError(
             f"The weights in {str(path)!r} do not match its model_config: {error}"

@@ -292,7 +292,8 @@ def _run_label(args):
                    batch_size=args.batch_size, chunk_size=args.chunk_size,
                    progress=not args.quiet)
     print(f"{result['path']}: {result['structures']} structures; {result['units']} units, "
-          f"{result['skipped']} already done, {result['failed']} failed")
+          f"{result['skipped']} already done, {result['failed']} failed; "
+          f"{result['nonfinite']} structures dropped for non-finite labels")
 
 
 def _add_dataset(subparsers):
@@ -396,8 +397,12 @@ def _add_train(subparsers):
     parser.add_argument("--epochs", type=int, help="maximum number of epochs")
     parser.add_argument("--max-time", type=float, metavar="MINUTES",
                         help="stop after the epoch that would overrun this budget")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from OUT's training state if there is one")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue from OUT's training state if there is one")
+    again.add_argument("--overwrite", action="store_true",
+                       help="train afresh and replace OUT if it exists (without this or "
+                            "--resume, an existing OUT is an error)")
     parser.add_argument("--init", metavar="MODEL",
                         help="fine-tune this student (shipped name or checkpoint) instead of "
                              "starting from random weights")
@@ -420,7 +425,11 @@ def _run_train(args):
                                    max_time=args.max_time, device=args.device,
                                    init_from=args.init)
     with distributed_from_env():
-        model, _ = train_from_file(args.data, args.out, config, resume=args.resume)
+        try:
+            model, _ = train_from_file(args.data, args.out, config, resume=args.resume,
+                                       overwrite=args.overwrite)
+        except FileExistsError as error:  # main reports ValueErrors as clean CLI errors
+            raise ValueError(str(error)) from None
         if rank_and_world()[0] != 0:
             return
     metrics = model.metadata["metrics"]
@@ -428,6 +437,72 @@ def _run_train(args):
         if split in metrics:
             print(f"{split}: force MAE {metrics[split]['force_mae']:.4f} eV/Å, "
                   f"R² {metrics[split]['force_r2']:.3f}")
+
+
+def _add_distill(subparsers):
+    parser = subparsers.add_parser(
+        "distill", help="specialise a student to your molecules (on-policy, with a teacher)",
+        description="On-policy distillation: the student runs MD on your systems, the teacher "
+                    "labels the frames it is least sure of, the student is fine-tuned on them "
+                    "(with a replay of its own training chemistry), in segments until the "
+                    "held-out systems pass or the time is spent. Resumable: rerun the same "
+                    "command after any interruption.")
+    parser.add_argument("structures", nargs="+",
+                        help="SMILES files (.smi) or structure files ASE reads (sdf, xyz, ...); "
+                             "each molecule or frame is one system")
+    parser.add_argument("--teacher", required=True,
+                        help="teacher name, e.g. gfn2-xtb or orb-v3-conservative-omol")
+    parser.add_argument("--weights", help="Orb teacher: local checkpoint file (or 'random')")
+    parser.add_argument("--init", default="tiny",
+                        help="student to start from: shipped name or checkpoint (default tiny)")
+    parser.add_argument("--out", required=True, help="specialised student checkpoint to write")
+    parser.add_argument("--minutes", type=float, default=15.0,
+                        help="wall-time budget, counted across interruptions (default 15)")
+    parser.add_argument("--work", help="work directory (default OUT.work); reuse it to resume")
+    parser.add_argument("--target", type=float, metavar="EV_PER_A",
+                        help="held-out force RMSE to accept (default 0.04 eV/Å)")
+    parser.add_argument("--final-md-ps", type=float,
+                        help="NVT ps per system of the final stability check (default 2)")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.set_defaults(func=_run_distill)
+
+
+def _run_distill(args):
+    import dataclasses
+
+    import torch
+
+    from ase_distilled.distill import DistillConfig, distill
+
+    # This process owns its threads: small students run faster on one (several threads
+    # spin-wait on a busy 2-core machine and run 10x slower); the teacher keeps its own.
+    torch.set_num_threads(1)
+    overrides = {"target_rmse": args.target, "final_md_ps": args.final_md_ps}
+    config = dataclasses.replace(DistillConfig(),
+                                 **{k: v for k, v in overrides.items() if v is not None})
+    report = distill(args.structures, args.teacher, args.init, args.out, minutes=args.minutes,
+                     work=args.work, weights=args.weights, device=args.device, config=config)
+    print(summarise_distill(report))
+
+
+def summarise_distill(report: dict) -> str:
+    """A few lines on a distillation run: errors before and after, stability, time."""
+    lines = []
+    final = report["segments"][-1]["metrics"] if report["segments"] else {}
+    for name, before in report["baseline"]["metrics"].items():
+        after = final.get(name, {}).get("force_rmse")
+        lines.append(f"{name}: force RMSE {before['force_rmse']:.3f} -> "
+                     + (f"{after:.3f} eV/Å" if after is not None else "not measured"))
+    stability = report["stability"]
+    lines.append(f"{len(report['segments'])} segments, {report['labelled']['on_policy']} "
+                 f"on-policy frames labelled; stop: {report['stop_reason']}; "
+                 f"{report['minutes_spent']:.1f} of {report['minutes_budget']:g} min")
+    lines.append(f"NVT 300 K {stability['ps']:g} ps: {stability['stable']}/"
+                 f"{stability['systems']} systems stable")
+    if report.get("uncertainty"):
+        lines.append(f"uncertainty vs error, Spearman over structures: "
+                     f"{report['uncertainty']['spearman_structures']:.2f}")
+    return "\n".join(lines)
 
 
 def _add_bench(subparsers):
@@ -495,7 +570,7 @@ def _run_bench(args):
 
 # Subcommands in the order `--help` lists them.
 _COMMANDS = [_add_list, _add_info, _add_label, _add_dataset, _add_compare, _add_md, _add_train,
-             _add_export, _add_bench]
+             _add_distill, _add_export, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

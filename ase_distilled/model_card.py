@@ -54,7 +54,8 @@ def render_model_card(name: str, model) -> str:
         "## Data",
         f"- {data.get('structures', NOT_MEASURED)} labelled structures: "
         + ", ".join(f"{n} {part}" for part, n in data.get("sizes", {}).items() if n)
-        + "; " + ", ".join(_file_digest(f) for f in data.get("files", [data])),
+        + "".join("; " + ", ".join(_file_digest(f) for f in files) for files in
+                  [data.get("files", [data])] if files),
         f"- elements: {' '.join(config.elements)}",
         f"- split: {data.get('split', NOT_MEASURED)}",
         f"- {meta.get('data_description', '')}",
@@ -81,6 +82,7 @@ def render_model_card(name: str, model) -> str:
                             "Hydrogens bent toward their nearest neighbour about their partner")
     lines.append("")
     lines += ["## MD stability", md.get("summary", NOT_MEASURED), ""]
+    lines += _uncertainty(meta) + _specialisation(meta)
     lines += ["## Speed", speed.get("summary", NOT_MEASURED), ""]
     exports = meta.get("export", {})
     lines += ["## Exports (`ase-distilled export`)",
@@ -155,3 +157,51 @@ def _lineage(training: dict) -> str:
     total = sum(r.get("epochs_completed") or 0 for r in rounds)
     return (f"Trained in {len(rounds)} rounds, each starting from the last: {earlier}, then "
             f"this one: {total} epochs in all. ")
+
+
+def _uncertainty(meta: dict) -> list:
+    """The uncertainty's calibration and how well it ranks errors, where measured."""
+    report = meta.get("metrics", {}).get("uncertainty")
+    if not report:
+        return ["## Uncertainty", NOT_MEASURED, ""]
+    fit = report["calibration"]
+    lines = ["## Uncertainty",
+             "`calc.results[\"forces_uncertainty\"]` (per atom) and `[\"energy_uncertainty\"]`: "
+             "latent distance of each atom's features from the training set's, calibrated to "
+             f"eV/Å as {fit['force_fit'][0]:.3f} + {fit['force_fit'][1]:.3f} x distance on "
+             f"{fit['structures']} held-out structures; the calculator warns past "
+             f"{fit['threshold']:.3f} eV/Å (the largest per-atom uncertainty that 99 % of "
+             "in-distribution structures stay below)."]
+    measured = [(name, r) for name, r in report.items() if isinstance(r, dict)
+                and "spearman_molecules" in r]
+    if measured:
+        lines += ["", "How well it ranks true errors (Spearman correlation of predicted and true "
+                  "force RMSE, over molecules and over structures; molecules at rest and "
+                  "teacher 300 K frames, none used to fit or calibrate), and the share of "
+                  "structures it warns on:",
+                  "", "| set | molecules | force RMSE (eV/Å) | Spearman, molecules | "
+                  "Spearman, structures | warned |", "|---|---|---|---|---|---|"]
+        lines += [f"| {name} | {r['molecules']} | {r['force_rmse']:.3f} | "
+                  f"{r['spearman_molecules']:.2f} | {r['spearman_structures']:.2f} | "
+                  f"{r['warned_share']:.0%} |" for name, r in measured]
+    return lines + [""]
+
+
+def _specialisation(meta: dict) -> list:
+    """Lineage and effect of an on-policy distillation (``ase-distilled distill``)."""
+    distill = meta.get("distill")
+    if not distill:
+        return []
+    result = meta.get("metrics", {}).get("distill", {})
+    lines = ["## Specialisation (on-policy distillation)",
+             f"From `{distill['init']}`, {len(distill['systems']['train'])} training and "
+             f"{len(distill['systems']['held_out'])} held-out systems, "
+             f"{distill['labelled']['on_policy']} on-policy frames labelled, "
+             f"{distill['minutes_spent']:.1f} min; stop: {distill['stop_reason']}.", "",
+             "| held-out force RMSE (eV/Å) | before | after |", "|---|---|---|"]
+    for name, before in (result.get("baseline") or {}).items():
+        after = (result.get("final") or {}).get(name, {}).get("force_rmse")
+        lines.append(f"| {name} | {before['force_rmse']:.4f} | {_fmt(after, '.4f')} |")
+    if "stability" in result:
+        lines += ["", f"NVT 300 K: {result['stability']}/{result['systems']} systems stable."]
+    return lines + [""]

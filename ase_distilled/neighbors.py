@@ -18,6 +18,11 @@ The list is "full": both ``(i, j)`` and ``(j, i)`` are present. Backends:
     ``torch_cluster.radius`` over the same periodic images (extra ``cluster``).
 
 :class:`NeighborCache` adds Verlet-skin reuse across MD steps.
+
+Every structure is checked first (:func:`check_geometry`): a structure no list
+can be built for raises ``ValueError`` naming the problem, instead of reaching
+vesin's C++ code, which divides by zero (SIGFPE, killing the process) for a
+degenerate periodic cell or coordinates a million Å apart.
 """
 
 import math
@@ -28,6 +33,89 @@ import torch
 from ase_distilled.batch import AtomsBatch
 
 BACKENDS = ("vesin", "torch", "torch-cluster")
+# Å. Farther from the origin is the wrong unit or an MD run that blew up: there float32
+# (the calculator's default) resolves positions only to 0.008 Å.
+MAX_COORDINATE = 1e5
+# Å. Lattice planes of a periodic direction closer than this mean a degenerate cell;
+# the images to search grow as cutoff / spacing (measured with vesin, two atoms, 5 Å
+# cutoff: 1e-2 Å 0.1 s and 25,000 pairs, 1e-3 Å 12 s, 1e-6 Å out of memory).
+MIN_PLANE_SPACING = 0.1
+
+
+def plane_spacings(cell, pbc) -> np.ndarray:
+    """(3,) distances in Å between the lattice planes of each periodic direction.
+
+    Measured within the span of the periodic cell vectors (a slab's in-plane
+    spacings ignore its third vector); ``inf`` for non-periodic directions, 0 for
+    a periodic direction whose vector is zero or depends on the other periodic ones.
+    """
+    # Plain floats, not numpy: this runs for every periodic structure of every batch.
+    a = np.asarray(cell, dtype=np.float64).tolist()
+    periodic = [axis for axis in range(3) if pbc[axis]]
+
+    def cross(u, v):
+        return [u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0]]
+
+    def norm(u):
+        return math.sqrt(u[0] * u[0] + u[1] * u[1] + u[2] * u[2])
+
+    def ratio(size, base):
+        return size / base if base > 0 else 0.0
+
+    spacings = [math.inf] * 3
+    if len(periodic) == 3:  # volume / area of the other two vectors' face
+        faces = [cross(a[1], a[2]), cross(a[2], a[0]), cross(a[0], a[1])]
+        volume = abs(sum(x * y for x, y in zip(a[0], faces[0])))
+        spacings = [ratio(volume, norm(face)) for face in faces]
+    elif len(periodic) == 2:  # in their plane: area / length of the other vector
+        i, j = periodic
+        area = norm(cross(a[i], a[j]))
+        spacings[i], spacings[j] = ratio(area, norm(a[j])), ratio(area, norm(a[i]))
+    elif len(periodic) == 1:
+        spacings[periodic[0]] = norm(a[periodic[0]])
+    return np.array(spacings)
+
+
+def check_geometry(batch: AtomsBatch):
+    """Raise ``ValueError`` naming the problem for structures no neighbour list can take.
+
+    - Every coordinate must be finite and at most :data:`MAX_COORDINATE` Å from
+      the origin in magnitude (farther: the wrong unit, or an MD run that blew up).
+    - Every periodic direction needs a cell vector of its own: its lattice planes
+      must lie at least :data:`MIN_PLANE_SPACING` Å apart (see :func:`plane_spacings`),
+      so a zero cell, or two parallel periodic vectors, is refused.
+    """
+    positions = batch.positions.detach()
+    count = len(batch.num_atoms)
+    # One reduction when all is well (NaN fails the comparison too); details only if not.
+    if positions.numel() and not bool(positions.abs().amax() <= MAX_COORDINATE):
+        bad = ~(positions.abs() <= MAX_COORDINATE).all(dim=1)
+        atom = int(torch.nonzero(bad)[0, 0])
+        k = int(batch.system[atom])
+        index = atom - int(batch.num_atoms[:k].sum())
+        where = f"Structure {k}: atom" if count > 1 else "Atom"
+        raise ValueError(
+            f"{where} {index} is at {positions[atom].tolist()} Å ({int(bad.sum())} atom(s) "
+            f"with NaN, inf or a coordinate beyond {MAX_COORDINATE:g} Å): fix the "
+            f"coordinates (are they in Å?); if this happened during MD, the simulation blew "
+            f"up (shorten the time step).")
+    cells = batch.cell.detach().cpu().double().numpy()
+    pbcs = batch.pbc.cpu().numpy()
+    for k in np.flatnonzero(pbcs.any(axis=1)).tolist():
+        where = f"Structure {k}: the" if count > 1 else "The"
+        if not np.isfinite(cells[k]).all():
+            raise ValueError(f"{where} cell {cells[k].tolist()} has NaN or inf entries; "
+                             f"set atoms.cell.")
+        spacings = plane_spacings(cells[k], pbcs[k])
+        degenerate = np.flatnonzero(spacings < MIN_PLANE_SPACING)
+        if len(degenerate):
+            raise ValueError(
+                f"{where} cell is degenerate along periodic direction(s) "
+                f"{degenerate.tolist()} (pbc {pbcs[k].tolist()}, cell {cells[k].tolist()}): "
+                f"their lattice planes lie {np.round(spacings[degenerate], 6).tolist()} Å "
+                f"apart, below {MIN_PLANE_SPACING} Å. Every periodic direction needs a cell "
+                f"vector of its own, not zero nor parallel to the other periodic ones: set "
+                f"atoms.cell, or make those directions non-periodic (atoms.pbc).")
 
 
 def neighbor_list(batch: AtomsBatch, cutoff: float, backend: str = "vesin"):
@@ -37,9 +125,15 @@ def neighbor_list(batch: AtomsBatch, cutoff: float, backend: str = "vesin"):
     -------
     edge_index : (2, E) long tensor
     shifts : (E, 3) tensor with the batch's floating dtype
+
+    Raises
+    ------
+    ValueError
+        For structures no list can be built for (see :func:`check_geometry`).
     """
     if backend not in BACKENDS:
         raise ValueError(f"Unknown neighbour-list backend {backend!r}; choose from {BACKENDS}.")
+    check_geometry(batch)
     build = {"vesin": _vesin, "torch": _torch_dense, "torch-cluster": _torch_cluster}[backend]
     edges, shifts = [], []
     offsets = torch.cumsum(batch.num_atoms, 0) - batch.num_atoms

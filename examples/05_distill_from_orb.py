@@ -42,7 +42,8 @@ def main():
 
     # 2. train: split by molecule, so that test molecules are never seen in training
     config = TrainConfig(size=args.size, epochs=args.epochs, split_fractions=[0.6, 0.2, 0.2])
-    student, _ = train_from_file(data, args.out / f"{args.size}.pt", config)
+    student, _ = train_from_file(data, args.out / f"{args.size}.pt", config,
+                                 overwrite=True)  # a rerun trains afresh
 
     # 3. compare with the teacher on the held-out molecules
     test = split_by_group(load(data), config.split_fractions, config.split_key, config.seed)[2]

@@ -8,6 +8,10 @@ from ase.build import bulk, molecule
 
 from ase_distilled import DistilledCalculator, build_student
 
+# One torch thread for the whole suite: its models are small, and on a busy 2-core machine
+# several threads spin-wait on each other (10-100x slower). Tests own their process.
+torch.set_num_threads(1)
+
 ELEMENTS = ["H", "C", "N", "O", "F", "S", "Cl", "Br", "Cu", "Si"]
 
 

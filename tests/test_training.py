@@ -67,15 +67,6 @@ def emt_data(count, seed, amplitude=0.1):
     return structures
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These students are tiny: thread synchronisation costs more than it saves
-    # (10x slower on a loaded 2-core machine, measured), so run this module on one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def quick_config(**overrides):
     # A 4 Å cutoff halves the cost of the periodic cells and still learns EMT.

@@ -201,5 +201,54 @@ def plot_md(run, path, reference=None) -> Path:
     return _save(fig, path)
 
 
+def plot_distill_report(report: dict, model, structures, path) -> Path:
+    """The figure of an on-policy distillation run (:func:`ase_distilled.distill.distill`).
+
+    Panels: force RMSE per segment (0: the starting student) on the held-out
+    systems and the reference set, with the target; the student's predicted force
+    error against its true error on those structures; the share of the student's MD
+    runs per segment that broke no bond, and the final stability.
+    """
+    plt = _pyplot()
+    from ase_distilled.calculator import DistilledCalculator
+
+    fig, (ax_err, ax_unc, ax_md) = plt.subplots(1, 3, figsize=(15, 4.5))
+    history = [report["baseline"]] + report["segments"]
+    for name in ("held-out at rest", "held-out teacher 300 K", "reference held-out"):
+        values = [h["metrics"].get(name, {}).get("force_rmse") for h in history]
+        if any(v is not None for v in values):
+            ax_err.plot(range(len(history)), values, "o-", label=name)
+    ax_err.axhline(report["config"]["target_rmse"], color="k", ls=":", label="target")
+    ax_err.set(xlabel="segment (0: start)", ylabel="force RMSE (eV/Å)", yscale="log",
+               title=f"Errors against the teacher ({report['stop_reason']})")
+    ax_err.legend(fontsize=8)
+    if structures and getattr(model, "uncertainty", None) is not None:
+        calc = DistilledCalculator(model, device="cpu")
+        true, predicted = [], []
+        for start in range(0, len(structures), 32):
+            chunk = structures[start:start + 32]
+            for atoms, result in zip(chunk, calc.predict_batch(chunk)):
+                true.append(np.sqrt(((result["forces"] - atoms.get_forces()) ** 2).mean()))
+                predicted.append(np.sqrt((result["forces_uncertainty"] ** 2).mean()))
+        ax_unc.loglog(predicted, true, ".", alpha=0.6)
+        low, high = min(predicted + true), max(predicted + true)
+        ax_unc.plot([low, high], [low, high], "k:", label="predicted = true")
+        rho = (report.get("uncertainty") or {}).get("spearman_structures")
+        ax_unc.set_title(f"Uncertainty vs error (Spearman {_fmt(rho, '.2f')})")
+        ax_unc.legend(fontsize=8)
+    ax_unc.set(xlabel="predicted force RMSE (eV/Å)", ylabel="true force RMSE (eV/Å)")
+    segments = report["segments"]
+    runs = [sum(run["systems"] for run in s["md"]) for s in segments]
+    ax_md.bar([s["segment"] for s in segments],
+              [1 - s["broken_runs"] / max(n, 1) for s, n in zip(segments, runs)],
+              color="tab:green")
+    stability = report["stability"]
+    ax_md.set(xlabel="segment", ylabel="share of student MD runs with no broken bond",
+              ylim=(0, 1.05), title=f"Stability; final NVT 300 K, {stability['ps']:g} ps: "
+                                    f"{stability['stable']}/{stability['systems']} stable")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _fmt(value, spec=".3f"):
     return "n/a" if value is None else format(value, spec)

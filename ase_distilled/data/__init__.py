@@ -13,6 +13,7 @@ from ase_distilled.data.dataset import (
     read_metadata,
     save,
     split_by_group,
+    split_grouping,
     summary,
 )
 from ase_distilled.data.structures import (
@@ -34,6 +35,7 @@ __all__ = [
     "read_metadata",
     "save",
     "split_by_group",
+    "split_grouping",
     "summary",
     "units_from_inputs",
 ]

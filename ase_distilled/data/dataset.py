@@ -280,12 +280,75 @@ def load(path) -> list:
     return structures
 
 
+# Finer groupings tried in turn when split_key gives too few groups: the parts of info["id"]
+# (see data.structures) up to its first, then its second "/".
+ID_GROUPINGS = {
+    "id:unit": (1, "unit id (info['id'] before the first '/': one molecule, file frame "
+                   "or crystal)"),
+    "id:base": (2, "base-structure id (info['id'] up to its second '/': one conformer, "
+                   "frame or strained cell with its rattled copies and MD frames)"),
+}
+_PART_NAMES = ("training", "validation", "test")
+
+
+def _group_labels(atoms_list, key) -> list:
+    if key in ID_GROUPINGS:
+        depth = ID_GROUPINGS[key][0]
+        return ["/".join(str(atoms.info["id"]).split("/")[:depth]) if "id" in atoms.info
+                else f"#{k}" for k, atoms in enumerate(atoms_list)]
+    for atoms in atoms_list:
+        if key not in atoms.info:
+            raise ValueError(f"A structure has no info[{key!r}] to group by; label it with "
+                             "ase_distilled.data or set the key.")
+    return [str(atoms.info[key]) for atoms in atoms_list]
+
+
+def split_grouping(atoms_list, fractions=(0.8, 0.1, 0.1), key="molecule"):
+    """The grouping :func:`split_by_group` uses: ``key``, or a finer one if it gives too few groups.
+
+    A split needs a group for every part with a positive fraction. When
+    ``atoms.info[key]`` has fewer distinct values (200 periodic copper cells all
+    have molecule ``"Cu"``), the groupings of :data:`ID_GROUPINGS` are tried in
+    turn, the unit id, then the base-structure id; the first with enough groups
+    is used, else the one with the most (``key`` on a tie).
+
+    Returns
+    -------
+    grouping : str
+        ``key``, ``"id:unit"`` or ``"id:base"``.
+    labels : list of str
+        Each structure's group.
+    counts : dict
+        Number of groups of each grouping tried, by name.
+    """
+    needed = int((np.asarray(fractions, float) > 0).sum())
+    counts, labels = {}, {}
+    for grouping in [key, *(name for name in ID_GROUPINGS if name != key)]:
+        labels[grouping] = _group_labels(atoms_list, grouping)
+        counts[grouping] = len(set(labels[grouping]))
+        if counts[grouping] >= needed:
+            return grouping, labels[grouping], counts
+    grouping = max(counts, key=counts.get)
+    return grouping, labels[grouping], counts
+
+
+def _part_name(k, count) -> str:
+    return _PART_NAMES[k] if count == 3 else f"part {k}"
+
+
 def split_by_group(atoms_list, fractions=(0.8, 0.1, 0.1), key="molecule", seed=0):
     """Split structures so that no group (``atoms.info[key]``) is in two parts.
 
     Groups are shuffled with ``seed`` and laid end to end; each goes to the part
-    whose share of the structures its middle falls in. With few groups a small
-    part can stay empty.
+    whose share of the structures its middle falls in. A part with a positive
+    fraction left empty that way takes, from a part holding several groups, the
+    group whose middle lies nearest to its share.
+
+    If ``key`` gives fewer groups than there are parts with a positive fraction,
+    the structures are grouped by unit id, or failing that by base-structure id
+    (see :func:`split_grouping`), with a warning naming the grouping used. With
+    too few groups even so, a part stays empty, with a warning. ``key`` may name
+    these groupings itself: ``"id:unit"`` or ``"id:base"``.
 
     Returns
     -------
@@ -295,22 +358,47 @@ def split_by_group(atoms_list, fractions=(0.8, 0.1, 0.1), key="molecule", seed=0
     fractions = np.asarray(fractions, float)
     if (fractions < 0).any() or not np.isclose(fractions.sum(), 1.0):
         raise ValueError(f"fractions must be non-negative and sum to 1, got {fractions}.")
+    atoms_list = list(atoms_list)
+    if not atoms_list:
+        return tuple([] for _ in fractions)
+    grouping, labels, counts = split_grouping(atoms_list, fractions, key)
+    needed = int((fractions > 0).sum())
+    if grouping != key:
+        warnings.warn(
+            f"split_key {key!r} gives {counts[key]} group(s) for {len(atoms_list)} "
+            f"structures, too few for the {needed} parts of split fractions "
+            f"{fractions.tolist()}; grouping by {ID_GROUPINGS[grouping][1]} instead "
+            f"({counts[grouping]} groups). Set split_key to choose the grouping.",
+            stacklevel=2)
     groups = {}
-    for atoms in atoms_list:
-        if key not in atoms.info:
-            raise ValueError(f"A structure has no info[{key!r}] to group by; label it with "
-                             "ase_distilled.data or set the key.")
-        groups.setdefault(str(atoms.info[key]), []).append(atoms)
+    for label, atoms in zip(labels, atoms_list):
+        groups.setdefault(label, []).append(atoms)
     order = sorted(groups)
     order = [order[i] for i in np.random.default_rng(seed).permutation(len(order))]
     bounds = np.cumsum(fractions) * len(atoms_list)
+    sizes = np.array([len(groups[name]) for name in order])
+    middles = np.cumsum(sizes) - sizes / 2
+    where = np.minimum(np.searchsorted(bounds, middles, side="right"), len(fractions) - 1)
+    empty = []
+    for part in np.flatnonzero(fractions > 0):
+        if part in where:
+            continue
+        donors = np.bincount(where, minlength=len(fractions))[where] > 1
+        if not donors.any():
+            empty.append(_part_name(part, len(fractions)))
+            continue
+        centre = bounds[part] - len(atoms_list) * fractions[part] / 2
+        where[np.argmin(np.where(donors, np.abs(middles - centre), np.inf))] = part
+    if empty:
+        warnings.warn(
+            f"The {' and '.join(empty)} part(s) of the split stay empty: "
+            f"{', '.join(f'{name!r} gives {n}' for name, n in counts.items())} group(s) for "
+            f"{len(atoms_list)} structures and {needed} parts. Label more structures, set "
+            f"split_key to an atoms.info key with more values, or set those fractions to 0.",
+            stacklevel=2)
     parts = [[] for _ in fractions]
-    taken = 0
-    for name in order:
-        middle = taken + len(groups[name]) / 2
-        parts[min(np.searchsorted(bounds, middle, side="right"), len(parts) - 1)].extend(
-            groups[name])
-        taken += len(groups[name])
+    for name, part in zip(order, where):
+        parts[part].extend(groups[name])
     return tuple(parts)
 
 
@@ -443,7 +531,11 @@ def label(inputs, teacher, out, *, sampling=None, shard=None, bulk=(), limit=Non
     Returns
     -------
     dict
-        ``units`` (this shard's), ``skipped`` (done before), ``failed``, ``structures``
+        ``units`` (this shard's), ``skipped`` (done before), ``failed`` (units the
+        teacher raised on; the file is then left incomplete so that a rerun retries
+        them), ``nonfinite`` (structures, not units, dropped because the teacher
+        returned a NaN or infinite energy, force or stress, e.g. for overlapping
+        atoms; each is named in a warning; a rerun gives the same), ``structures``
         (in the file), ``path``.
     """
     from tqdm.auto import tqdm
@@ -461,12 +553,13 @@ def label(inputs, teacher, out, *, sampling=None, shard=None, bulk=(), limit=Non
     try:
         done_units = {_unit_of(id) for id in journal.ids}
         todo = [unit for unit in units if unit.key not in done_units]
-        failed, buffer, flushed = 0, [], time.monotonic()
+        failed, nonfinite, buffer, flushed = 0, 0, [], time.monotonic()
         with tqdm(total=len(units), initial=len(units) - len(todo), unit="unit",
                   desc=f"labelling {Path(out).name}", disable=not progress) as bar:
             for unit in todo:
                 try:
-                    buffer += _label_unit(unit, calc, sampling, batch_size)
+                    labelled, dropped = _label_unit(unit, calc, sampling, batch_size)
+                    buffer += labelled
                 except CalculationFailed as error:
                     failed += 1
                     warnings.warn(f"{unit.key}: the teacher failed ({error}); skipped.",
@@ -474,6 +567,13 @@ def label(inputs, teacher, out, *, sampling=None, shard=None, bulk=(), limit=Non
                 except NotImplementedError as error:  # e.g. EMT meeting an element it lacks
                     raise ValueError(f"{unit.key}: teacher {attrs['teacher_name']} cannot "
                                      f"label it ({error}); choose another teacher.") from error
+                else:
+                    if dropped:
+                        nonfinite += len(dropped)
+                        warnings.warn(
+                            f"{unit.key}: the teacher returned a non-finite energy, force or "
+                            f"stress for {', '.join(dropped)} (overlapping atoms?); skipped.",
+                            stacklevel=2)
                 bar.update()
                 if buffer and (len(buffer) >= chunk_size
                                or time.monotonic() - flushed > flush_seconds):
@@ -488,12 +588,18 @@ def label(inputs, teacher, out, *, sampling=None, shard=None, bulk=(), limit=Non
     finally:
         journal.close(finished)
     return {"units": len(units), "skipped": len(units) - len(todo), "failed": failed,
-            "structures": journal.stored, "path": str(out)}
+            "nonfinite": nonfinite, "structures": journal.stored, "path": str(out)}
 
 
-def _label_unit(unit, calc, sampling, batch_size) -> list:
+def _finite_labels(atoms) -> bool:
+    return all(np.isfinite(np.asarray(value, dtype=float)).all()
+               for key, value in atoms.calc.results.items()
+               if key in ("energy", "forces", "stress") and value is not None)
+
+
+def _label_unit(unit, calc, sampling, batch_size) -> tuple[list, list]:
     """All labelled structures of one unit: base, rattled, stretched and pushed copies,
-    teacher MD."""
+    teacher MD; and the ids of those left out for a non-finite label."""
     base = unit.build(sampling)
     structures = base + [copy for atoms in base for copy in
                          rattled(atoms, sampling) + stretched(atoms, sampling)
@@ -505,7 +611,9 @@ def _label_unit(unit, calc, sampling, batch_size) -> list:
     if sampling.md_temperatures:
         for atoms in base:
             labelled += teacher_md(atoms, calc, sampling)
-    return labelled
+    finite = [_finite_labels(atoms) for atoms in labelled]
+    return ([atoms for atoms, ok in zip(labelled, finite) if ok],
+            [atoms.info["id"] for atoms, ok in zip(labelled, finite) if not ok])
 
 
 def merge(paths, out):

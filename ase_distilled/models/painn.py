@@ -148,6 +148,9 @@ class PaiNN(nn.Module):
         self.register_buffer("atom_ref", torch.zeros(len(config.elements)))
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("shift", torch.zeros(()))
+        # A LatentDistance (models/uncertainty.py) once fitted to the training data; its
+        # buffers travel in the state dict under "uncertainty.".
+        self.uncertainty = None
 
     @property
     def elements(self) -> list:
@@ -157,12 +160,17 @@ class PaiNN(nn.Module):
     def atomic_numbers(self) -> list:
         return [atomic_numbers[s] for s in self.config.elements]
 
+    def weights_only_state(self) -> dict:
+        """The state dict without the uncertainty: what a fine-tune starts from (the
+        uncertainty describes the features of these weights, not of the tuned ones)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("uncertainty.")}
+
     def num_parameters(self) -> int:
         """Number of trainable parameters (buffers such as ``atom_ref`` excluded)."""
         return sum(p.numel() for p in self.parameters())
 
-    def atomic_energies(self, species, edge_index, edge_vectors):
-        """Per-atom energies from species indices and edge vectors ``r_j - r_i``.
+    def node_features(self, species, edge_index, edge_vectors):
+        """(N, F) scalar features of each atom after the last interaction.
 
         Parameters
         ----------
@@ -188,8 +196,22 @@ class PaiNN(nn.Module):
         for k, (message, update) in enumerate(zip(self.messages, self.updates)):
             s, v = message(s, v, radial, filter_weights[k], unit_vectors, src, dst, k == 0)
             s, v = update(s, v)
-        y = self.readout(s).squeeze(-1)
+        return s
+
+    def atomic_energies(self, species, features):
+        """(N,) energy of each atom in eV from its :meth:`node_features`."""
+        y = self.readout(features).squeeze(-1)
         return self.scale * y + self.shift + self.atom_ref[species]
+
+    def energy_and_features(self, positions, species, system, cell, shifts, edge_index,
+                            num_systems: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(energy (B,), node features (N, F))``; see :meth:`forward`."""
+        i, j = edge_index[0], edge_index[1]
+        shift_vectors = torch.einsum("ek,ekl->el", shifts, cell[system[i]])
+        edge_vectors = positions[j] - positions[i] + shift_vectors
+        features = self.node_features(species, edge_index, edge_vectors)
+        e_atom = self.atomic_energies(species, features)
+        return e_atom.new_zeros(num_systems).index_add(0, system, e_atom), features
 
     def forward(self, positions, species, system, cell, shifts, edge_index, num_systems: int):
         """Energy of each structure in a batch.
@@ -212,11 +234,8 @@ class PaiNN(nn.Module):
         -------
         (B,) tensor of energies in eV.
         """
-        i, j = edge_index[0], edge_index[1]
-        shift_vectors = torch.einsum("ek,ekl->el", shifts, cell[system[i]])
-        edge_vectors = positions[j] - positions[i] + shift_vectors
-        e_atom = self.atomic_energies(species, edge_index, edge_vectors)
-        return e_atom.new_zeros(num_systems).index_add(0, system, e_atom)
+        return self.energy_and_features(positions, species, system, cell, shifts, edge_index,
+                                        num_systems)[0]
 
     def species_of(self, numbers: torch.Tensor) -> torch.Tensor:
         """Map atomic numbers to element indices; raise for elements the model lacks."""
@@ -244,7 +263,8 @@ class PaiNN(nn.Module):
 
         Returns
         -------
-        dict with ``energy`` (B,), ``forces`` (N, 3) and optionally ``stress`` (B, 3, 3).
+        dict with ``energy`` (B,), ``forces`` (N, 3), ``features`` (N, F) (the
+        :meth:`node_features`, detached) and optionally ``stress`` (B, 3, 3).
         """
         species = self.species_of(batch.numbers)
         positions, cell = batch.positions, batch.cell
@@ -259,10 +279,10 @@ class PaiNN(nn.Module):
                 )
                 cell = cell + torch.bmm(cell, symmetric)
                 inputs.append(strain)
-            energy = self(positions, species, batch.system, cell, shifts, edge_index,
-                          batch.num_systems)
+            energy, features = self.energy_and_features(
+                positions, species, batch.system, cell, shifts, edge_index, batch.num_systems)
             grads = torch.autograd.grad(energy.sum(), inputs, create_graph=self.training)
-        out = {"energy": energy, "forces": -grads[0]}
+        out = {"energy": energy, "forces": -grads[0], "features": features.detach()}
         if compute_stress:
             volume = torch.abs(torch.linalg.det(batch.cell))
             out["stress"] = grads[1] / volume.clamp_min(1e-12).view(-1, 1, 1)

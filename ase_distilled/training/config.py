@@ -57,7 +57,14 @@ class TrainConfig:
     seed : int
         Seeds initial weights and the shuffling of every epoch.
     split_key : str
-        ``atoms.info`` key grouping structures for the train/val/test split.
+        ``atoms.info`` key grouping structures for the train/val/test split:
+        ``"scaffold"`` (Bemis-Murcko, for molecules from SMILES), ``"molecule"``, or
+        ``"id:unit"`` / ``"id:base"`` (the start of ``info["id"]``: one input
+        molecule, frame or crystal / one conformer or strained cell with its
+        distorted copies). A dataset where the key gives fewer groups than the split
+        has parts (periodic cells of one crystal all share ``molecule``) is grouped
+        by ``"id:unit"``, else ``"id:base"``, with a warning (see
+        :func:`ase_distilled.data.split_by_group`).
     split_fractions : list of float
         Train, validation and test fractions.
     val_group_key : str, optional

@@ -13,7 +13,8 @@ from ase.data import chemical_symbols
 from ase.stress import voigt_6_to_full_3x3_stress
 
 from ase_distilled.batch import AtomsBatch
-from ase_distilled.neighbors import neighbor_list
+from ase_distilled.calculator import MIN_DISTANCE
+from ase_distilled.neighbors import edge_lengths, neighbor_list
 
 
 def _describe(k, atoms) -> str:
@@ -47,6 +48,34 @@ def labels_of(k, atoms) -> dict:
         stress = np.asarray(stress, dtype=np.float64)
         labels["stress"] = voigt_6_to_full_3x3_stress(stress) if stress.shape == (6,) else stress
     return labels
+
+
+def check_finite(atoms_list):
+    """Raise ``ValueError`` naming every structure with a NaN or infinite number.
+
+    Positions, cell, energy, forces, stress and Hessian rows are checked: one such
+    value makes the energy references, the loss and then every weight NaN.
+    Structures are named by ``info["id"]``, else by their index (``#k``). Also
+    raises (see :func:`labels_of`) for a structure without labels.
+    """
+    bad = []
+    for k, atoms in enumerate(atoms_list):
+        values = {"positions": atoms.positions, "cell": atoms.cell.array, **labels_of(k, atoms)}
+        if "hessian_rows" in atoms.info:
+            values["hessian_rows"] = atoms.info["hessian_rows"]
+        names = [name for name, value in values.items()
+                 if not np.isfinite(np.asarray(value, dtype=np.float64)).all()]
+        if names:
+            label = atoms.info.get("id")
+            bad.append(f"{label!r}" if label is not None else f"#{k}")
+            bad[-1] += f" ({', '.join(names)})"
+    if bad:
+        raise ValueError(
+            f"{len(bad)} structure(s) hold NaN or infinite values: {'; '.join(bad[:10])}"
+            f"{'; ...' if len(bad) > 10 else ''}. Training on them would make the student's "
+            f"weights NaN. Remove them (ase_distilled.data: load, drop these ids, save); a "
+            f"teacher returns such labels for overlapping atoms, and `ase-distilled label` "
+            f"now drops them itself.")
 
 
 def check_elements(atoms_list, elements):
@@ -84,6 +113,7 @@ class LabelledDataset(torch.utils.data.Dataset):
         atoms_list = list(atoms_list)
         if elements is not None:
             check_elements(atoms_list, elements)
+        check_finite(atoms_list)
         self.items = [self._prepare(k, atoms, cutoff) for k, atoms in enumerate(atoms_list)]
         weights = [1.0] * len(self.items) if weights is None else list(weights)
         if len(weights) != len(self.items):
@@ -94,8 +124,21 @@ class LabelledDataset(torch.utils.data.Dataset):
     @staticmethod
     def _prepare(k, atoms, cutoff) -> dict:
         item = labels_of(k, atoms)
-        edge_index, shifts = neighbor_list(AtomsBatch.from_atoms(atoms, dtype=torch.float64),
-                                           cutoff)
+        batch = AtomsBatch.from_atoms(atoms, dtype=torch.float64)
+        try:
+            edge_index, shifts = neighbor_list(batch, cutoff)
+        except ValueError as error:
+            raise ValueError(f"{_describe(k, atoms)}: {error}") from error
+        if edge_index.shape[1]:
+            lengths = edge_lengths(batch, edge_index, shifts)
+            closest = int(torch.argmin(lengths))
+            if float(lengths[closest]) < MIN_DISTANCE:
+                i, j = edge_index[:, closest].tolist()
+                raise ValueError(
+                    f"{_describe(k, atoms)} has atoms {i} and {j} "
+                    f"{float(lengths[closest]):.3f} Å apart (below {MIN_DISTANCE} Å): "
+                    f"duplicated atoms, on which the student's forces are NaN. Remove the "
+                    f"structure from the data.")
         item.update(
             positions=np.asarray(atoms.positions, dtype=np.float64),
             numbers=np.asarray(atoms.numbers, dtype=np.int64),

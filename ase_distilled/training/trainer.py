@@ -302,7 +302,7 @@ class _Run:
         self.model = build_student(config.size, elements=elements, cutoff=config.cutoff)
         self.start_metadata = getattr(start, "metadata", {})
         if start is not None:  # fine-tuning: see starting_student
-            self.model.load_state_dict(start.state_dict())
+            self.model.load_state_dict(start.weights_only_state())
         else:
             fit_normalisation(self.model, train_set)
         self.model.to(device=device, dtype=dtype).train()
@@ -464,6 +464,7 @@ def train(train_atoms, val_atoms, config: TrainConfig | None = None, out=None,
         began = time.monotonic()
         losses = run.train_epoch(functools.partial(
             progress, desc=f"epoch {run.epoch + 1}/{config.epochs}"))
+        _check_finite(losses, run.epoch + 1, config, paths)
         record = {"epoch": run.epoch + 1, "lr": run.scheduler.get_last_lr()[0], **losses,
                   **run.validate()}  # lr: at the end of the epoch
         run.epoch += 1
@@ -495,6 +496,21 @@ def train(train_atoms, val_atoms, config: TrainConfig | None = None, out=None,
         except ImportError as error:
             logger.warning("%s Skipping the learning curve.", error)
     return model, run.history
+
+
+def _check_finite(losses, epoch, config, paths):
+    """Stop with a clear error once the loss is NaN or infinite: every weight now is."""
+    bad = {name: value for name, value in losses.items() if not math.isfinite(value)}
+    if not bad:
+        return
+    kept = (f" {paths['student']} and {paths['state']} hold the last epoch before it."
+            if paths is not None and paths["state"].is_file() else "")
+    raise ValueError(
+        f"Training diverged in epoch {epoch}: the loss became non-finite ({bad}) although "
+        f"the data are finite (checked when loaded), so the weights are NaN and nothing of "
+        f"this epoch was saved.{kept} Train again with a lower lr (now {config.lr:g}) or "
+        f"tighter gradient clipping (grad_clip, now {config.grad_clip:g}; 0 is off), or look "
+        f"for structures with extreme forces.")
 
 
 def _out_of_time(start, epoch_seconds, config) -> bool:

@@ -5,10 +5,11 @@ from pathlib import Path
 from ase_distilled.checkpoint import save_checkpoint
 from ase_distilled.registry import file_sha256
 from ase_distilled.training.config import TrainConfig
-from ase_distilled.training.trainer import evaluate, rank_and_world, train
+from ase_distilled.training.trainer import evaluate, output_paths, rank_and_world, train
 
 
-def train_from_file(data, out, config: TrainConfig | None = None, resume: bool = False):
+def train_from_file(data, out, config: TrainConfig | None = None, resume: bool = False,
+                    overwrite: bool = False):
     """Load labelled datasets, split them by group, train, test, and save the student.
 
     Parameters
@@ -21,9 +22,19 @@ def train_from_file(data, out, config: TrainConfig | None = None, resume: bool =
         Student checkpoint to write (see :func:`~ase_distilled.training.trainer.train`
         for the files written next to it).
     config : TrainConfig, optional
-        ``split_key``, ``split_fractions`` and ``seed`` decide the split.
+        ``split_key``, ``split_fractions`` and ``seed`` decide the split; where the
+        key gives too few groups, a file is split by structure id instead (see
+        :func:`~ase_distilled.data.split_by_group`; recorded as ``grouped_by``).
     resume : bool
         Continue an interrupted run with the same data and settings.
+    overwrite : bool
+        Train afresh even if ``out`` (or its training state) exists, replacing it.
+
+    Raises
+    ------
+    FileExistsError
+        If ``out`` or its training state exists and neither ``resume`` nor
+        ``overwrite`` is set: a trained student is never replaced silently.
 
     Returns
     -------
@@ -32,9 +43,26 @@ def train_from_file(data, out, config: TrainConfig | None = None, resume: bool =
         sha256 and sampling), training settings and validation/test metrics.
     history : list of dict
     """
-    from ase_distilled.data import content_sha256, load, read_metadata, split_by_group
+    from ase_distilled.data import (
+        content_sha256,
+        load,
+        read_metadata,
+        split_by_group,
+        split_grouping,
+    )
 
     config = config or TrainConfig()
+    if resume and overwrite:
+        raise ValueError("resume and overwrite contradict each other: --resume continues "
+                         "the run in OUT, --overwrite replaces it; choose one.")
+    existing = [str(path) for path in (output_paths(out)[key] for key in ("student", "state"))
+                if path.exists()]
+    if existing and not (resume or overwrite):
+        raise FileExistsError(
+            f"{' and '.join(existing)} {'exists' if len(existing) == 1 else 'exist'}: training "
+            f"afresh would replace that student. "
+            f"Pass --resume (resume=True) to continue its run, --overwrite (overwrite=True) to "
+            f"train afresh and replace it, or choose another --out.")
     paths = [Path(path) for path in ([data] if isinstance(data, (str, Path)) else data)]
     for path in paths:
         if not path.is_file():
@@ -51,8 +79,20 @@ def train_from_file(data, out, config: TrainConfig | None = None, resume: bool =
     datasets = [load(path) for path in paths]
     parts = [split_by_group(structures, fractions=tuple(config.split_fractions),
                             key=config.split_key, seed=config.seed) for structures in datasets]
+    groupings = [split_grouping(structures, config.split_fractions, config.split_key)
+                 for structures in datasets]
+    grouped_by = [grouping for grouping, _, _ in groupings]
     train_atoms, val_atoms, test_atoms = ([atoms for split in parts for atoms in split[k]]
                                           for k in range(3))
+    if train_atoms and not val_atoms and config.split_fractions[1] > 0:
+        counts = "; ".join(f"{path.name}: " + ", ".join(f"{name!r} gives {n}" for name, n
+                                                         in found.items())
+                           for path, (_, _, found) in zip(paths, groupings))
+        raise ValueError(
+            f"The validation set is empty: a group never goes to two parts, and there are too "
+            f"few groups to fill them (split_key {config.split_key!r}, then grouping by id: "
+            f"{counts} group(s)). Label more structures, set split_key to an atoms.info key "
+            f"with more values, or change split_fractions {list(config.split_fractions)}.")
     structures = [atoms for structures in datasets for atoms in structures]
     elements = sorted({s for atoms in structures for s in atoms.get_chemical_symbols()})
     metadata = {
@@ -70,6 +110,8 @@ def train_from_file(data, out, config: TrainConfig | None = None, resume: bool =
                  "split": {"key": config.split_key, "fractions": list(config.split_fractions),
                            "seed": config.seed}},
     }
+    if any(grouping != config.split_key for grouping in grouped_by):
+        metadata["data"]["split"]["grouped_by"] = grouped_by  # one per file
     model, history = train(train_atoms, val_atoms, config, out=out, resume=resume,
                            metadata=metadata)
     if test_atoms:
