@@ -49,6 +49,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import ase.io
 import numpy as np
 import torch
 from ase import Atoms
@@ -576,8 +577,6 @@ def distill(structures, teacher, init="tiny", out="distilled.pt", *, minutes: fl
                               "broken": candidates[k].info["broken"]}
                 chosen.append(frame)
             _write_json(folder / "md.json", md_summary)
-            import ase.io
-
             tmp = folder / "chosen.extxyz.tmp"
             ase.io.write(tmp, chosen, format="extxyz")
             os.replace(tmp, chosen_path)
