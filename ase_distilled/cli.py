@@ -9,6 +9,16 @@ import argparse
 import sys
 
 
+def _one_torch_thread():
+    """One torch thread for this process: small students run no faster on two, and on a
+    busy 2-core machine two spin-wait (README main job, tiny, paracetamol: 220 vs 249
+    steps/s idle, 49 vs 248 with one busy process beside it). The teacher keeps its own
+    threads (tblite uses OpenMP's)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def _add_list(subparsers):
     parser = subparsers.add_parser("list", help="list the shipped students")
     parser.set_defaults(func=_run_list)
@@ -160,6 +170,7 @@ def _run_md(args):
     from ase_distilled.analysis import compare_forces, run_md
     from ase_distilled.calculator import DistilledCalculator
 
+    _one_torch_thread()
     atoms = _structure_from_argument(args.structure)
     calc = DistilledCalculator(args.model, device=args.device)
     calc.check_atoms(atoms)
@@ -470,13 +481,9 @@ def _add_distill(subparsers):
 def _run_distill(args):
     import dataclasses
 
-    import torch
-
     from ase_distilled.distill import DistillConfig, distill
 
-    # This process owns its threads: small students run faster on one (several threads
-    # spin-wait on a busy 2-core machine and run 10x slower); the teacher keeps its own.
-    torch.set_num_threads(1)
+    _one_torch_thread()
     overrides = {"target_rmse": args.target, "final_md_ps": args.final_md_ps}
     config = dataclasses.replace(DistillConfig(),
                                  **{k: v for k, v in overrides.items() if v is not None})
@@ -578,6 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ase-distilled",
         description="Small, fast PaiNN students distilled from large force fields.",
     )
+    parser.add_argument("--traceback", action="store_true",
+                        help="on an error, show the full Python traceback, not one line")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for add in _COMMANDS:
         add(subparsers)
@@ -589,6 +598,8 @@ def main(argv=None) -> int:
     try:
         return args.func(args) or 0
     except (ValueError, KeyError, FileNotFoundError, ImportError) as error:
+        if args.traceback:
+            raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"ase-distilled {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -249,3 +249,17 @@ def test_python_requires_matches_the_language_level_of_the_code():
     target = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["ruff"][
         "target-version"]
     assert setup["options"]["python_requires"].strip() == f">={target[2]}.{target[3:]}"
+
+
+# Weak cases: a negative temperature and the --traceback flag
+
+
+def test_negative_temperature_is_a_clear_error_and_traceback_shows_it(tmp_path, capsys):
+    structure = tmp_path / "co.xyz"
+    Atoms("CO", positions=[[0, 0, 0], [1.13, 0, 0]]).write(structure)
+    argv = ["md", str(structure), "--temperature", "-300", "--steps", "2", "--out",
+            str(tmp_path / "md")]
+    assert cli_main(argv) == 2
+    assert "temperature_K must be positive kelvin" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="temperature_K must be positive"):
+        cli_main(["--traceback", *argv])

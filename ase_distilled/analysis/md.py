@@ -268,6 +268,9 @@ def run_md(atoms, calc, *, ensemble="nvt", temperature_K=300.0, timestep_fs=0.5,
         raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}.")
     if steps < 1 or interval < 1 or timestep_fs <= 0:
         raise ValueError("steps and interval must be >= 1 and timestep_fs > 0.")
+    if not temperature_K > 0 and not (ensemble == "nve" and temperature_K == 0):
+        raise ValueError(f"temperature_K must be positive kelvin (0 only for nve: start at "
+                         f"rest), got {temperature_K}.")
     atoms = atoms.copy()
     atoms.calc = calc
     groups = [np.arange(len(atoms))] if groups is None else groups
