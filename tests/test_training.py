@@ -269,6 +269,10 @@ def _distributed_worker(rank, world, rendezvous, out, train_atoms, val_atoms):
                                quick_config(epochs=4, val_group_key="source"), out=out)
         torch.save({"state": model.state_dict(), "history": history},
                    Path(out).with_name(f"rank{rank}.pt"))
+        # Leave together, as distributed_from_env does: rank 0 still writes the
+        # checkpoint after the last collective, and a peer that has already closed its
+        # connections can abort it from inside gloo (SIGABRT, seen in CI).
+        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
 
