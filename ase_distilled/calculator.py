@@ -16,7 +16,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from ase_distilled.batch import AtomsBatch
 from ase_distilled.host_memory import reuse_freed_memory
-from ase_distilled.neighbors import NeighborCache, edge_lengths, neighbor_list
+from ase_distilled.neighbors import NeighborCache, closest_pair, neighbor_list
 from ase_distilled.registry import load_model
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -173,7 +173,6 @@ class DistilledCalculator(Calculator):
         return [_to_results(out, k, slice(bounds[k], bounds[k + 1]), periodic[k])
                 for k in range(len(atoms_list))]
 
-
     def _add_uncertainty(self, out, batch, atoms_list):
         """Add the uncertainty to the model's output, and warn for systems past its threshold."""
         if self.uncertainty is None or "features" not in out:
@@ -214,15 +213,11 @@ def _to_results(out, k, atoms_slice, with_stress) -> dict:
 
 
 def _check_overlaps(batch, edge_index, shifts):
-    if edge_index.shape[1] == 0:
-        return
-    i, j = edge_index
-    distances = edge_lengths(batch, edge_index, shifts)
-    closest = int(torch.argmin(distances))
-    if float(distances[closest]) < MIN_DISTANCE:
+    pair = closest_pair(batch, edge_index, shifts)
+    if pair is not None and pair[2] < MIN_DISTANCE:
+        i, j, distance = pair
         raise ValueError(
-            f"Atoms {int(i[closest])} and {int(j[closest])} overlap "
-            f"({float(distances[closest]):.3f} Å apart, below {MIN_DISTANCE} Å): remove "
-            f"duplicated atoms, or if this happened during MD, the simulation blew up "
-            f"(shorten the time step)."
+            f"Atoms {i} and {j} overlap ({distance:.3f} Å apart, below {MIN_DISTANCE} Å): "
+            f"remove duplicated atoms, or if this happened during MD, the simulation blew "
+            f"up (shorten the time step)."
         )

@@ -55,7 +55,6 @@ import torch
 from ase import Atoms
 from ase.calculators.calculator import CalculationFailed
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase.data import chemical_symbols
 from ase.optimize import BFGS
 
 from ase_distilled.analysis.forces import progress_bar
@@ -65,7 +64,12 @@ from ase_distilled.checkpoint import save_checkpoint
 from ase_distilled.data import label, load, read_metadata, save, split_by_group
 from ase_distilled.data.structures import Sampling, smiles_units, units_from_inputs
 from ase_distilled.model_card import render_model_card
-from ase_distilled.models.uncertainty import calibrate, fit, student_features
+from ase_distilled.models.uncertainty import (
+    calibrate,
+    fit,
+    structure_errors,
+    student_features,
+)
 from ase_distilled.registry import WEIGHTS_DIR, load_model
 from ase_distilled.teachers import get_teacher, teacher_info
 from ase_distilled.training import TrainConfig
@@ -212,15 +216,12 @@ def read_systems(structures) -> list:
 
 
 def _check_elements(systems, model):
-    covered = set(model.atomic_numbers)
     for atoms in systems:
-        missing = sorted(set(atoms.numbers.tolist()) - covered)
-        if missing:
-            raise ValueError(
-                f"System {atoms.info['system']} ({atoms.get_chemical_formula()}) has "
-                f"element(s) {[chemical_symbols[z] for z in missing]}, which the student "
-                f"does not cover ({model.elements}); remove it, or start from a student "
-                "trained on those elements. Nothing was labelled.")
+        try:
+            model.species_of(torch.as_tensor(atoms.numbers))
+        except ValueError as error:
+            raise ValueError(f"System {atoms.info['system']} ({atoms.get_chemical_formula()}): "
+                             f"{error} Nothing was labelled.") from None
 
 
 def _split(systems, holdout: float, seed: int):
@@ -659,8 +660,7 @@ def _finish(current, systems, train_systems, held_systems, rest, held_groups, re
     model = load_model(current)
     model.uncertainty = fit(model, reference["train"] + training)
     calibration_set = [a for group in held_groups.values() for a in group]
-    inside = [True] * len(calibration_set)
-    uncertainty = (calibrate(model, model.uncertainty, calibration_set, inside)
+    uncertainty = (calibrate(model, model.uncertainty, calibration_set)
                    if calibration_set else None)
     stability_path = work / "stability.json"
     stability = _read_json(stability_path)
@@ -718,9 +718,8 @@ def _finish(current, systems, train_systems, held_systems, rest, held_groups, re
     try:
         from ase_distilled.analysis.plots import plot_distill_report
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            plot_distill_report(report, model, calibration_set, out.with_suffix(".png"))
+        errors = structure_errors(model, calibration_set) if calibration_set else None
+        plot_distill_report(report, errors, out.with_suffix(".png"))
     except ImportError as error:
         warnings.warn(f"{error} No report figure.", stacklevel=3)
     return report

@@ -39,6 +39,7 @@ def render_model_card(name: str, model) -> str:
     teacher, data, training = (meta.get(k, {}) for k in ("teacher", "data", "training"))
     test = meta.get("metrics", {}).get("test_by_level", {})
     md, speed = meta.get("md", {}), meta.get("speed", {})
+    files = data.get("files", [data])
     config = model.config
     lines = [
         f"# ase-distilled student `{name}`",
@@ -54,8 +55,7 @@ def render_model_card(name: str, model) -> str:
         "## Data",
         f"- {data.get('structures', NOT_MEASURED)} labelled structures: "
         + ", ".join(f"{n} {part}" for part, n in data.get("sizes", {}).items() if n)
-        + "".join("; " + ", ".join(_file_digest(f) for f in files) for files in
-                  [data.get("files", [data])] if files),
+        + ("; " + ", ".join(_file_digest(f) for f in files) if files else ""),
         f"- elements: {' '.join(config.elements)}",
         f"- split: {data.get('split', NOT_MEASURED)}",
         f"- {meta.get('data_description', '')}",

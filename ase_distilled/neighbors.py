@@ -155,6 +155,16 @@ def edge_lengths(batch: AtomsBatch, edge_index, shifts) -> torch.Tensor:
     return torch.linalg.vector_norm(vectors, dim=1)
 
 
+def closest_pair(batch: AtomsBatch, edge_index, shifts):
+    """``(i, j, distance)`` of the shortest edge (global atom indices, Å); None without edges."""
+    if edge_index.shape[1] == 0:
+        return None
+    lengths = edge_lengths(batch, edge_index, shifts)
+    closest = int(torch.argmin(lengths))
+    i, j = edge_index[:, closest].tolist()
+    return i, j, float(lengths[closest])
+
+
 def _vesin(positions, cell, pbc, cutoff):
     import vesin
 

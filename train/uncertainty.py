@@ -26,7 +26,6 @@ weights unchanged), regenerates their cards and index, and writes
 import argparse
 import json
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -75,30 +74,23 @@ def per_molecule_spearman(model, structures) -> dict:
     the RMS over its structures) and over structures."""
     from scipy.stats import spearmanr
 
-    from ase_distilled import DistilledCalculator
+    from ase_distilled.models.uncertainty import structure_errors
 
-    calc = DistilledCalculator(model, device="cpu")
-    rows = []
-    for start in range(0, len(structures), 32):
-        chunk = structures[start:start + 32]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # counted below as warned_share instead
-            results = calc.predict_batch(chunk)
-        for atoms, result in zip(chunk, results):
-            error = ((result["forces"] - atoms.get_forces()) ** 2).mean()
-            rows.append((atoms.info["molecule"], error, (result["forces_uncertainty"] ** 2).mean(),
-                         result["forces_uncertainty"].max(), len(atoms)))
-    molecules = sorted({r[0] for r in rows})
-    true = np.array([np.sqrt(np.mean([r[1] for r in rows if r[0] == m])) for m in molecules])
-    predicted = np.array([np.sqrt(np.mean([r[2] for r in rows if r[0] == m]))
-                          for m in molecules])
-    return {"molecules": len(molecules), "structures": len(rows),
-            "spearman_molecules": float(spearmanr(predicted, true).statistic),
-            "spearman_structures": float(spearmanr([r[2] for r in rows],
-                                                   [r[1] for r in rows]).statistic),
-            "force_rmse": float(np.sqrt(np.mean([r[1] for r in rows]))),
-            "warned_share": float(np.mean([r[3] > float(model.uncertainty.threshold)
-                                           for r in rows]))}
+    errors = structure_errors(model, structures)
+    true, predicted = errors["true_rmse"], errors["predicted_rmse"]
+    owner = np.array([atoms.info["molecule"] for atoms in structures])
+    molecules = sorted(set(owner))
+
+    def per_molecule(values):
+        return [np.sqrt(np.mean(values[owner == m] ** 2)) for m in molecules]
+
+    return {"molecules": len(molecules), "structures": len(structures),
+            "spearman_molecules": float(spearmanr(per_molecule(predicted),
+                                                  per_molecule(true)).statistic),
+            "spearman_structures": float(spearmanr(predicted, true).statistic),
+            "force_rmse": float(np.sqrt(np.mean(true ** 2))),
+            "warned_share": float(np.mean(errors["largest"]
+                                          > float(model.uncertainty.threshold)))}
 
 
 def attach(model, work: Path) -> dict:

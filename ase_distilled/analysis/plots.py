@@ -201,17 +201,16 @@ def plot_md(run, path, reference=None) -> Path:
     return _save(fig, path)
 
 
-def plot_distill_report(report: dict, model, structures, path) -> Path:
+def plot_distill_report(report: dict, errors, path) -> Path:
     """The figure of an on-policy distillation run (:func:`ase_distilled.distill.distill`).
 
     Panels: force RMSE per segment (0: the starting student) on the held-out
     systems and the reference set, with the target; the student's predicted force
-    error against its true error on those structures; the share of the student's MD
-    runs per segment that broke no bond, and the final stability.
+    error against its true error per structure (``errors``, from
+    :func:`ase_distilled.models.uncertainty.structure_errors`, or None); the share
+    of the student's MD runs per segment that broke no bond, and the final stability.
     """
     plt = _pyplot()
-    from ase_distilled.calculator import DistilledCalculator
-
     fig, (ax_err, ax_unc, ax_md) = plt.subplots(1, 3, figsize=(15, 4.5))
     history = [report["baseline"]] + report["segments"]
     for name in ("held-out at rest", "held-out teacher 300 K", "reference held-out"):
@@ -222,16 +221,11 @@ def plot_distill_report(report: dict, model, structures, path) -> Path:
     ax_err.set(xlabel="segment (0: start)", ylabel="force RMSE (eV/Å)", yscale="log",
                title=f"Errors against the teacher ({report['stop_reason']})")
     ax_err.legend(fontsize=8)
-    if structures and getattr(model, "uncertainty", None) is not None:
-        calc = DistilledCalculator(model, device="cpu")
-        true, predicted = [], []
-        for start in range(0, len(structures), 32):
-            chunk = structures[start:start + 32]
-            for atoms, result in zip(chunk, calc.predict_batch(chunk)):
-                true.append(np.sqrt(((result["forces"] - atoms.get_forces()) ** 2).mean()))
-                predicted.append(np.sqrt((result["forces_uncertainty"] ** 2).mean()))
+    if errors is not None:
+        predicted, true = errors["predicted_rmse"], errors["true_rmse"]
         ax_unc.loglog(predicted, true, ".", alpha=0.6)
-        low, high = min(predicted + true), max(predicted + true)
+        low = min(predicted.min(), true.min())
+        high = max(predicted.max(), true.max())
         ax_unc.plot([low, high], [low, high], "k:", label="predicted = true")
         rho = (report.get("uncertainty") or {}).get("spearman_structures")
         ax_unc.set_title(f"Uncertainty vs error (Spearman {_fmt(rho, '.2f')})")

@@ -110,6 +110,44 @@ def student_features(model, atoms_list, batch_size: int = 32):
     return {key: np.concatenate(value) for key, value in parts.items() if value}
 
 
+def _per_structure_rms(values, system, count) -> np.ndarray:
+    """(B,) root mean square over each structure's atoms of per-atom ``values``."""
+    return np.sqrt(np.bincount(system, values ** 2, minlength=count)
+                   / np.bincount(system, minlength=count))
+
+
+def structure_errors(model, atoms_list, batch_size: int = 32) -> dict:
+    """Per labelled structure: true and predicted force RMSE, and the largest uncertainty.
+
+    Parameters
+    ----------
+    model : PaiNN
+        A student with an ``uncertainty``.
+    atoms_list : list of ase.Atoms
+        Labelled by the teacher (``atoms.calc`` results).
+
+    Returns
+    -------
+    dict of (B,) arrays in eV/Å: ``true_rmse`` (against the labels, over all force
+    components), ``predicted_rmse`` (RMS of the per-atom force uncertainties) and
+    ``largest`` (the largest per-atom force uncertainty, what the calculator's
+    warning compares with ``threshold``).
+    """
+    data = student_features(model, atoms_list, batch_size)
+    uncertainty = model.uncertainty
+    dtype, device = uncertainty.mean.dtype, uncertainty.mean.device
+    with torch.no_grad():
+        _, sigma = uncertainty(torch.as_tensor(data["features"], dtype=dtype, device=device),
+                               torch.as_tensor(data["species"], device=device),
+                               torch.as_tensor(data["system"], device=device), len(atoms_list))
+    sigma, system = sigma.cpu().double().numpy(), data["system"]
+    largest = np.zeros(len(atoms_list))
+    np.maximum.at(largest, system, sigma)
+    return {"true_rmse": _per_structure_rms(data["force_error"], system, len(atoms_list)),
+            "predicted_rmse": _per_structure_rms(sigma, system, len(atoms_list)),
+            "largest": largest}
+
+
 def fit(model, atoms_list, batch_size: int = 32) -> LatentDistance:
     """A :class:`LatentDistance` of ``model`` fitted to the features of ``atoms_list``.
 
@@ -200,9 +238,8 @@ def calibrate(model, uncertainty: LatentDistance, atoms_list, in_distribution=No
         uncertainty.force_fit.copy_(torch.tensor([a, b]))
         uncertainty.energy_factor.fill_(float(ratio))
         uncertainty.threshold.fill_(threshold)
-    true_rms = np.sqrt(np.bincount(system, error ** 2, minlength=num)
-                       / np.bincount(system, minlength=num))
-    predicted_rms = np.sqrt(variance / np.bincount(system, minlength=num))
+    true_rms = _per_structure_rms(error, system, num)
+    predicted_rms = _per_structure_rms(sigma, system, num)
 
     def spearman(x, y):  # undefined (NaN) when either side is constant
         return float(spearmanr(x, y).statistic) if np.ptp(x) > 0 and np.ptp(y) > 0 else None

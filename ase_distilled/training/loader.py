@@ -14,7 +14,7 @@ from ase.stress import voigt_6_to_full_3x3_stress
 
 from ase_distilled.batch import AtomsBatch
 from ase_distilled.calculator import MIN_DISTANCE
-from ase_distilled.neighbors import edge_lengths, neighbor_list
+from ase_distilled.neighbors import closest_pair, neighbor_list
 
 
 def _describe(k, atoms) -> str:
@@ -129,16 +129,13 @@ class LabelledDataset(torch.utils.data.Dataset):
             edge_index, shifts = neighbor_list(batch, cutoff)
         except ValueError as error:
             raise ValueError(f"{_describe(k, atoms)}: {error}") from error
-        if edge_index.shape[1]:
-            lengths = edge_lengths(batch, edge_index, shifts)
-            closest = int(torch.argmin(lengths))
-            if float(lengths[closest]) < MIN_DISTANCE:
-                i, j = edge_index[:, closest].tolist()
-                raise ValueError(
-                    f"{_describe(k, atoms)} has atoms {i} and {j} "
-                    f"{float(lengths[closest]):.3f} Å apart (below {MIN_DISTANCE} Å): "
-                    f"duplicated atoms, on which the student's forces are NaN. Remove the "
-                    f"structure from the data.")
+        pair = closest_pair(batch, edge_index, shifts)
+        if pair is not None and pair[2] < MIN_DISTANCE:
+            i, j, distance = pair
+            raise ValueError(
+                f"{_describe(k, atoms)} has atoms {i} and {j} {distance:.3f} Å apart (below "
+                f"{MIN_DISTANCE} Å): duplicated atoms, on which the student's forces are NaN. "
+                f"Remove the structure from the data.")
         item.update(
             positions=np.asarray(atoms.positions, dtype=np.float64),
             numbers=np.asarray(atoms.numbers, dtype=np.int64),
